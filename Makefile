@@ -1,0 +1,26 @@
+# The two commands of the README: `make demo` and `make test`.
+GO ?= go
+BIN := bin/vdisk
+
+.PHONY: build demo test deps lint bench
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/vdisk
+
+demo: build
+	./scripts/demo.sh ./$(BIN)
+
+# Installs the Debian packages the tests drive (qemu-img, libnbd, fio, ...)
+# when they are missing, then runs every test, the concurrent packages
+# under the race detector, and a short run of each fuzz target.
+test: deps
+	$(GO) vet ./...
+	$(GO) test -count=1 ./...
+	$(GO) test -count=1 -race ./block/... ./format/...
+
+deps:
+	./scripts/deps.sh
+
+lint:
+	gofmt -l . | (! grep .)
+	$(GO) vet ./...

@@ -1,0 +1,249 @@
+package block
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+)
+
+// MaxBackingDepth bounds backing chains so that a loop of images naming
+// each other, or a hostile chain, cannot recurse without end.
+const MaxBackingDepth = 64
+
+// OpenOptions control how an image is opened.
+type OpenOptions struct {
+	// Format names the format driver; empty means probe.
+	Format string
+	// ReadOnly opens the image and its container read-only. A read-only
+	// open never modifies the container, not even a header flag.
+	ReadOnly bool
+	// ForceShare skips the QEMU-compatible image locks (-U). Only for
+	// read-only opens.
+	ForceShare bool
+	// NoBacking opens the image without its backing chain; reads of
+	// unallocated ranges then return zeros.
+	NoBacking bool
+	// CacheSize, when positive, puts a read cache of that many bytes in
+	// front of the image.
+	CacheSize int64
+
+	// Probed is set by Open when the format was probed rather than named;
+	// the raw driver uses it to refuse writes that would change the
+	// probing result.
+	Probed bool
+	// Depth is the position of this image in a backing chain (0 = top).
+	Depth int
+}
+
+// OpenFlags are what a protocol needs to open its container.
+type OpenFlags struct {
+	ReadOnly   bool
+	ForceShare bool
+	// Create makes a new, empty container, replacing an existing one.
+	Create bool
+}
+
+// Protocol opens containers by name: a local file, an NBD URI.
+type Protocol struct {
+	Name string
+	// Match reports whether a name belongs to this protocol (a URI scheme,
+	// a prefix). The file protocol matches what no other does.
+	Match func(name string) bool
+	Open  func(name string, flags OpenFlags) (File, error)
+}
+
+var protocols struct {
+	sync.RWMutex
+	list     []*Protocol
+	fallback *Protocol
+}
+
+// RegisterProtocol adds a protocol. One registered with a nil Match is the
+// fallback for plain names (the local file protocol).
+func RegisterProtocol(p *Protocol) {
+	protocols.Lock()
+	defer protocols.Unlock()
+	if p.Match == nil {
+		protocols.fallback = p
+		return
+	}
+	protocols.list = append(protocols.list, p)
+}
+
+// OpenFile opens a container through the protocol its name selects.
+func OpenFile(name string, flags OpenFlags) (File, error) {
+	protocols.RLock()
+	p := protocols.fallback
+	for _, q := range protocols.list {
+		if q.Match(name) {
+			p = q
+			break
+		}
+	}
+	protocols.RUnlock()
+	if p == nil {
+		return nil, fmt.Errorf("%s: no protocol driver for this name", name)
+	}
+	return p.Open(name, flags)
+}
+
+// IsLocalName reports whether name refers to a local file rather than a
+// container of another protocol (nbd://…, mem:…).
+func IsLocalName(name string) bool {
+	protocols.RLock()
+	defer protocols.RUnlock()
+	for _, q := range protocols.list {
+		if q.Match(name) {
+			return false
+		}
+	}
+	return true
+}
+
+// Open opens the image called name: it opens the container through its
+// protocol, picks the format (named or probed) and hands the container to
+// the format driver.
+func Open(name string, opts OpenOptions) (Image, error) {
+	if opts.Depth > MaxBackingDepth {
+		return nil, fmt.Errorf("%s: backing chain deeper than %d images (a loop?)", name, MaxBackingDepth)
+	}
+	var format *Format
+	if opts.Format != "" {
+		f, err := Lookup(opts.Format)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		format = f
+	}
+	f, err := OpenFile(name, OpenFlags{ReadOnly: opts.ReadOnly, ForceShare: opts.ForceShare})
+	if err != nil {
+		return nil, err
+	}
+	if format == nil {
+		head, tail, err := ReadProbe(f)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("%s: probing format: %w", name, err)
+		}
+		format, _ = Probe(head, tail, name)
+		if format == nil {
+			f.Close()
+			return nil, fmt.Errorf("%s: could not determine the image format", name)
+		}
+		opts.Probed = true
+		opts.Format = format.Name
+	}
+	if format.Open == nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: format '%s' cannot open images", name, format.Name)
+	}
+	img, err := format.Open(f, &opts)
+	if err != nil {
+		return nil, prefixName(name, err)
+	}
+	if opts.CacheSize > 0 && cacheWrapper != nil {
+		img = cacheWrapper(img, opts.CacheSize)
+	}
+	return img, nil
+}
+
+// cacheWrapper is installed by the read-cache implementation so that Open
+// can offer it without this file depending on it.
+var cacheWrapper func(Image, int64) Image
+
+// SetCacheWrapper installs the read cache used for OpenOptions.CacheSize.
+func SetCacheWrapper(w func(Image, int64) Image) { cacheWrapper = w }
+
+// prefixName adds the image name to an error unless it already mentions it.
+func prefixName(name string, err error) error {
+	if strings.Contains(err.Error(), name) {
+		return err
+	}
+	return fmt.Errorf("%s: %w", name, err)
+}
+
+// ReadProbe reads what probing looks at: up to ProbeHeadSize bytes from the
+// start of the container and up to ProbeTailSize bytes from its end.
+func ReadProbe(f File) (head, tail []byte, err error) {
+	size, err := f.Size()
+	if err != nil {
+		return nil, nil, err
+	}
+	head = make([]byte, min(size, ProbeHeadSize))
+	if _, err := f.ReadAt(head, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, nil, err
+	}
+	tail = make([]byte, min(size, ProbeTailSize))
+	if _, err := f.ReadAt(tail, size-int64(len(tail))); err != nil && !errors.Is(err, io.EOF) {
+		return nil, nil, err
+	}
+	return head, tail, nil
+}
+
+// Create makes a new image of the given format. opts are already parsed
+// against the format's CreateOptions. A create that fails removes the file
+// it made, so no partial image is left behind.
+func Create(name, format string, opts Options) error {
+	fmtDrv, err := Lookup(format)
+	if err != nil {
+		return err
+	}
+	if fmtDrv.Create == nil {
+		return fmt.Errorf("%s: format '%s' does not support image creation", name, fmtDrv.Name)
+	}
+	local := IsLocalName(name)
+	existed := false
+	if local {
+		_, statErr := os.Stat(name)
+		existed = statErr == nil
+	}
+	f, err := OpenFile(name, OpenFlags{Create: true})
+	if err != nil {
+		return err
+	}
+	cerr := fmtDrv.Create(f, opts)
+	if cerr == nil {
+		cerr = f.Sync()
+	}
+	closeErr := f.Close()
+	if cerr == nil {
+		cerr = closeErr
+	}
+	if cerr != nil {
+		if local && !existed {
+			os.Remove(name)
+		}
+		return prefixName(name, cerr)
+	}
+	return nil
+}
+
+// ResolveBacking turns a backing file name stored in an image into the name
+// to open: relative names are relative to the directory of the image that
+// refers to them, as in QEMU.
+func ResolveBacking(imageName, backing string) string {
+	if backing == "" || filepath.IsAbs(backing) || !IsLocalName(backing) || !IsLocalName(imageName) {
+		return backing
+	}
+	return filepath.Join(filepath.Dir(imageName), backing)
+}
+
+// OpenBacking opens the backing image of a layer at depth parentDepth,
+// read-only, with the same sharing as its parent.
+func OpenBacking(imageName, backing, format string, parent *OpenOptions) (Image, error) {
+	full := ResolveBacking(imageName, backing)
+	img, err := Open(full, OpenOptions{
+		Format:     format,
+		ReadOnly:   true,
+		ForceShare: parent.ForceShare,
+		Depth:      parent.Depth + 1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("could not open backing file: %w", err)
+	}
+	return img, nil
+}

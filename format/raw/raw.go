@@ -1,0 +1,255 @@
+// Package raw is the raw format: the container's bytes are the disk's bytes.
+package raw
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"vdisk/block"
+)
+
+func init() { block.Register(Format) }
+
+// Format is the raw format driver.
+var Format = &block.Format{
+	Name:   "raw",
+	Probe:  func(head, tail []byte, name string) int { return 1 },
+	Open:   Open,
+	Create: create,
+	CreateOptions: []block.OptionSpec{
+		{Name: "size", Type: block.OptSize, Help: "Virtual disk size"},
+		{Name: "preallocation", Type: block.OptString, Default: "off", Help: "Preallocation mode (allowed values: off, falloc, full)"},
+	},
+}
+
+// Image is an open raw image.
+type Image struct {
+	f        block.File
+	size     atomic.Int64 // changes under Resize while I/O runs
+	readOnly bool
+	// probed guards sector 0: a raw image whose format was guessed must not
+	// let a guest turn it into something that probes as another format.
+	probed bool
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open wraps a container as a raw image.
+func Open(f block.File, opts *block.OpenOptions) (block.Image, error) {
+	size, err := f.Size()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("raw: size: %w", err)
+	}
+	m := &Image{f: f, readOnly: opts.ReadOnly, probed: opts.Probed}
+	m.size.Store(size)
+	return m, nil
+}
+
+func create(f block.File, opts block.Options) error {
+	size := opts.Size("size", -1)
+	if size < 0 {
+		return errors.New("raw: image size must be specified")
+	}
+	if err := f.Truncate(size); err != nil {
+		return fmt.Errorf("raw: truncate: %w", err)
+	}
+	switch mode := opts.String("preallocation", "off"); mode {
+	case "off":
+	case "falloc":
+		a, ok := f.(block.Allocator)
+		if !ok {
+			return errors.New("raw: preallocation=falloc is not supported by this container")
+		}
+		if err := a.Allocate(0, size); err != nil {
+			return fmt.Errorf("raw: preallocation=falloc: %w", err)
+		}
+	case "full":
+		if err := block.WriteZeroBytes(f, 0, size); err != nil {
+			return fmt.Errorf("raw: preallocation=full: %w", err)
+		}
+	default:
+		return fmt.Errorf("raw: invalid preallocation mode '%s' (allowed: off, falloc, full)", mode)
+	}
+	return nil
+}
+
+func (m *Image) Size() int64          { return m.size.Load() }
+func (m *Image) ReadOnly() bool       { return m.readOnly }
+func (m *Image) Backing() block.Image { return nil }
+
+// File is the container, for exports that can pass the kernel straight to it.
+func (m *Image) File() block.File { return m.f }
+
+func (m *Image) ReadAt(p []byte, off int64) (int, error) {
+	if err := block.CheckRange(off, int64(len(p)), m.Size()); err != nil {
+		return 0, err
+	}
+	n, err := m.f.ReadAt(p, off)
+	if n == len(p) {
+		return n, nil
+	}
+	if err != nil && n < len(p) {
+		// A container shorter than the size read at open (truncated behind
+		// our back) reads as zeros there rather than failing.
+		if fe := errorsIsEOF(err); fe {
+			clear(p[n:])
+			return len(p), nil
+		}
+	}
+	return n, err
+}
+
+func errorsIsEOF(err error) bool { return errors.Is(err, io.EOF) }
+
+func (m *Image) WriteAt(p []byte, off int64) (int, error) {
+	if m.readOnly {
+		return 0, block.ErrReadOnly
+	}
+	if err := block.CheckRange(off, int64(len(p)), m.Size()); err != nil {
+		return 0, err
+	}
+	if m.probed && off < block.ProbeHeadSize && len(p) > 0 {
+		if err := m.guardProbe(p, off); err != nil {
+			return 0, err
+		}
+	}
+	return m.f.WriteAt(p, off)
+}
+
+// guardProbe refuses a write that would make the image probe as another
+// format, the attack where a guest writes a qcow2 header naming a host file
+// as backing into its raw disk.
+func (m *Image) guardProbe(p []byte, off int64) error {
+	head := make([]byte, min(m.Size(), block.ProbeHeadSize))
+	if _, err := m.f.ReadAt(head, 0); err != nil && !errorsIsEOF(err) {
+		return err
+	}
+	copy(head[off:], p)
+	tail := make([]byte, min(m.Size(), block.ProbeTailSize))
+	if _, err := m.f.ReadAt(tail, m.Size()-int64(len(tail))); err != nil && !errorsIsEOF(err) {
+		return err
+	}
+	if f, _ := block.Probe(head, tail, m.f.Name()); f != nil && f.Name != "raw" {
+		return fmt.Errorf("raw: write to the first sectors would make this image look like %s; "+
+			"the format was probed, so this is refused: open it with -f raw to allow it", f.Name)
+	}
+	return nil
+}
+
+func (m *Image) Flush() error {
+	if m.readOnly {
+		return nil
+	}
+	return m.f.Sync()
+}
+
+func (m *Image) Discard(off, n int64) error {
+	if m.readOnly {
+		return block.ErrReadOnly
+	}
+	if err := block.CheckRange(off, n, m.Size()); err != nil {
+		return err
+	}
+	if p, ok := m.f.(block.HolePuncher); ok {
+		if err := p.PunchHole(off, n); err != nil && !errors.Is(err, block.ErrNotSupported) {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
+	if m.readOnly {
+		return block.ErrReadOnly
+	}
+	if err := block.CheckRange(off, n, m.Size()); err != nil {
+		return err
+	}
+	if n == 0 {
+		return nil
+	}
+	if flags&block.ZeroMayUnmap != 0 {
+		if p, ok := m.f.(block.HolePuncher); ok {
+			if err := p.PunchHole(off, n); err == nil {
+				return nil
+			}
+		}
+	}
+	if z, ok := m.f.(block.ZeroRanger); ok {
+		if err := z.ZeroRange(off, n); err == nil {
+			return nil
+		}
+	}
+	if flags&block.ZeroFast != 0 {
+		return block.ErrNotSupported
+	}
+	if m.probed && off < block.ProbeHeadSize {
+		if err := m.guardProbe(make([]byte, min(n, block.ProbeHeadSize-off)), off); err != nil {
+			return err
+		}
+	}
+	return block.WriteZeroBytes(m.f, off, n)
+}
+
+// BlockStatus maps data and holes of the container one to one.
+func (m *Image) BlockStatus(off, n int64) ([]block.Extent, error) {
+	if err := block.CheckRange(off, n, m.Size()); err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	if dm, ok := m.f.(block.DataMapper); ok {
+		return dm.MapData(off, n)
+	}
+	return []block.Extent{{Offset: off, Length: n, Status: block.StatusData, HostOffset: off, File: m.f.Name()}}, nil
+}
+
+func (m *Image) Info() (*block.Info, error) {
+	info := &block.Info{Filename: m.f.Name(), Format: "raw", VirtualSize: m.Size()}
+	if a, ok := m.f.(block.AllocatedSizer); ok {
+		if n, err := a.AllocatedSize(); err == nil {
+			info.ActualSize = n
+		}
+	}
+	return info, nil
+}
+
+// Resize changes the container's length. Growing adds zeros.
+func (m *Image) Resize(size int64, shrink bool) error {
+	if m.readOnly {
+		return block.ErrReadOnly
+	}
+	if size < 0 {
+		return fmt.Errorf("raw: invalid size %d", size)
+	}
+	if size < m.Size() && !shrink {
+		return errors.New("raw: use the --shrink option to shrink the image; data beyond the new size is lost")
+	}
+	if err := m.f.Truncate(size); err != nil {
+		return fmt.Errorf("raw: resize: %w", err)
+	}
+	m.size.Store(size)
+	return nil
+}
+
+func (m *Image) Close() error {
+	m.closeOnce.Do(func() {
+		var ferr error
+		if !m.readOnly {
+			ferr = m.f.Sync()
+		}
+		m.closeErr = errors.Join(ferr, m.f.Close())
+	})
+	return m.closeErr
+}
+
+var (
+	_ block.Image   = (*Image)(nil)
+	_ block.Resizer = (*Image)(nil)
+)

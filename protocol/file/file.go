@@ -1,0 +1,222 @@
+// Package file is the local-file protocol: a container that is a regular
+// file or a block device on this host.
+package file
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"vdisk/block"
+)
+
+func init() {
+	block.RegisterProtocol(&block.Protocol{Name: "file", Open: Open})
+}
+
+// File is a local container.
+type File struct {
+	f        *os.File
+	name     string
+	readOnly bool
+}
+
+// Open opens (or with flags.Create, creates) a local container and takes
+// QEMU's image locks unless flags.ForceShare.
+func Open(name string, flags block.OpenFlags) (block.File, error) {
+	mode := os.O_RDWR
+	if flags.ReadOnly {
+		mode = os.O_RDONLY
+	}
+	if flags.Create {
+		mode = os.O_RDWR | os.O_CREATE
+	}
+	f, err := os.OpenFile(name, mode|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("could not open '%s': %w", name, unwrapPath(err))
+	}
+	if st, err := f.Stat(); err == nil && st.IsDir() {
+		f.Close()
+		return nil, fmt.Errorf("could not open '%s': is a directory", name)
+	}
+	if !flags.ForceShare || !flags.ReadOnly {
+		// A reader needs a consistent image, so it refuses writers; a
+		// writer shares only reading and unchanged writes, as qemu-img does.
+		perm, shared := permConsistentRead, permAll&^(permWrite|permResize)
+		if !flags.ReadOnly {
+			perm = permConsistentRead | permWrite | permResize
+			shared = permConsistentRead | permWriteUnchanged
+		}
+		if flags.ForceShare {
+			perm, shared = 0, permAll
+		}
+		if err := lockImage(f, perm, shared); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("'%s': %w", name, err)
+		}
+	}
+	if flags.Create {
+		if err := f.Truncate(0); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("could not truncate '%s': %w", name, err)
+		}
+	}
+	return &File{f: f, name: name, readOnly: flags.ReadOnly && !flags.Create}, nil
+}
+
+// unwrapPath strips os.PathError's "open NAME:" so messages name the file once.
+func unwrapPath(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+func (f *File) Name() string { return f.name }
+
+// OS returns the underlying *os.File, for exports that hand the kernel the
+// descriptor itself (FUSE passthrough).
+func (f *File) OS() *os.File { return f.f }
+
+func (f *File) ReadAt(p []byte, off int64) (int, error) { return f.f.ReadAt(p, off) }
+
+func (f *File) WriteAt(p []byte, off int64) (int, error) {
+	if f.readOnly {
+		return 0, block.ErrReadOnly
+	}
+	return f.f.WriteAt(p, off)
+}
+
+func (f *File) Size() (int64, error) {
+	st, err := f.f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if st.Mode()&os.ModeDevice != 0 {
+		// Block devices report size 0 in stat; seeking to the end tells.
+		return f.f.Seek(0, io.SeekEnd)
+	}
+	return st.Size(), nil
+}
+
+func (f *File) Truncate(size int64) error {
+	if f.readOnly {
+		return block.ErrReadOnly
+	}
+	return f.f.Truncate(size)
+}
+
+func (f *File) Sync() error {
+	if f.readOnly {
+		return nil
+	}
+	return unix.Fdatasync(int(f.f.Fd()))
+}
+
+func (f *File) Close() error { return f.f.Close() }
+
+func (f *File) Stat() (os.FileInfo, error) { return f.f.Stat() }
+
+// AllocatedSize is the space the file occupies (st_blocks), qemu-img's actual-size.
+func (f *File) AllocatedSize() (int64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.f.Fd()), &st); err != nil {
+		return 0, err
+	}
+	return st.Blocks * 512, nil
+}
+
+// PunchHole deallocates the range; it then reads as zeros.
+func (f *File) PunchHole(off, n int64) error {
+	if f.readOnly {
+		return block.ErrReadOnly
+	}
+	err := unix.Fallocate(int(f.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
+		return block.ErrNotSupported
+	}
+	return err
+}
+
+// ZeroRange zeroes the range without writing zero bytes, keeping it allocated.
+func (f *File) ZeroRange(off, n int64) error {
+	if f.readOnly {
+		return block.ErrReadOnly
+	}
+	err := unix.Fallocate(int(f.f.Fd()), unix.FALLOC_FL_ZERO_RANGE, off, n)
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) {
+		return block.ErrNotSupported
+	}
+	return err
+}
+
+// Allocate reserves space for the range (fallocate mode 0).
+func (f *File) Allocate(off, n int64) error {
+	if f.readOnly {
+		return block.ErrReadOnly
+	}
+	err := unix.Fallocate(int(f.f.Fd()), 0, off, n)
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
+		return block.ErrNotSupported
+	}
+	return err
+}
+
+// MapData reports data and holes with SEEK_DATA/SEEK_HOLE. Ranges beyond
+// the end of the file read as zeros and are reported as holes.
+func (f *File) MapData(off, n int64) ([]block.Extent, error) {
+	size, err := f.Size()
+	if err != nil {
+		return nil, err
+	}
+	end := off + n
+	var out []block.Extent
+	add := func(o, l int64, st block.Status) {
+		if l > 0 {
+			out = append(out, block.Extent{Offset: o, Length: l, Status: st, HostOffset: o, File: f.name})
+		}
+	}
+	fd := int(f.f.Fd())
+	for off < end {
+		if off >= size {
+			add(off, end-off, block.StatusZero)
+			break
+		}
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			// No data from off to the end of the file.
+			add(off, end-off, block.StatusZero)
+			break
+		}
+		if err != nil {
+			// No SEEK_DATA support: everything is data.
+			add(off, end-off, block.StatusData)
+			break
+		}
+		if data > off {
+			add(off, min(data, end)-off, block.StatusZero)
+			off = min(data, end)
+			continue
+		}
+		hole, err := unix.Seek(fd, off, unix.SEEK_HOLE)
+		if err != nil {
+			hole = size
+		}
+		add(off, min(hole, end)-off, block.StatusData)
+		off = min(hole, end)
+	}
+	return out, nil
+}
+
+var (
+	_ block.HolePuncher    = (*File)(nil)
+	_ block.ZeroRanger     = (*File)(nil)
+	_ block.Allocator      = (*File)(nil)
+	_ block.DataMapper     = (*File)(nil)
+	_ block.Stater         = (*File)(nil)
+	_ block.AllocatedSizer = (*File)(nil)
+)
