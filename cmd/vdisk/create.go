@@ -152,4 +152,3 @@ func formattingLine(name string, f *block.Format, o block.Options) string {
 	}
 	return b.String()
 }
-
