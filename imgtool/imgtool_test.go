@@ -381,3 +381,36 @@ vm state offset: 0 bytes
 		t.Errorf("read past the end: %v %q", err, out.String())
 	}
 }
+
+type countingImage struct {
+	*mem.Image
+	mu      chan struct{}
+	written int64
+}
+
+func (c *countingImage) WriteAt(p []byte, off int64) (int, error) {
+	c.mu <- struct{}{}
+	c.written += int64(len(p))
+	<-c.mu
+	return c.Image.WriteAt(p, off)
+}
+
+// Only the 4 KiB blocks that hold non-zero bytes are written.
+func TestCopyWritesOnlyNonZeroBlocks(t *testing.T) {
+	const mib = 1 << 20
+	src := memImage(t, 16*mib, map[int64][]byte{
+		0:               fill(4096, 1),
+		5*mib + 65536:   fill(3*65536, 2),
+		8 * mib:         fill(65536, 0),
+		15*mib + 100000: fill(10, 3),
+	})
+	src.WriteAt(fill(1, 4), 8*mib+8192)
+	dst := &countingImage{Image: mem.New(16 * mib), mu: make(chan struct{}, 1)}
+	if err := Copy(src, dst, CopyOptions{Sparse: 4096, TargetZeroed: true}); err != nil {
+		t.Fatal(err)
+	}
+	if want := int64(4096 + 3*65536 + 4096 + 4096); dst.written != want {
+		// 15M+100000 straddles no boundary: one 4 KiB block.
+		t.Errorf("wrote %d bytes, want %d", dst.written, want)
+	}
+}
