@@ -72,7 +72,7 @@ func usageError(cmd *cobra.Command, format string, a ...any) error {
 func exactArgs(n int) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) != n {
-			return usageError(cmd, "%s expects %d argument%s, got %d: usage: %s", cmd.Name(), n, plural(n), len(args), cmd.UseLine())
+			return usageError(cmd, "%s expects %d argument%s, got %d: usage: %s", cmd.Name(), n, plural(n), len(args), "vdisk "+cmd.Use)
 		}
 		return nil
 	}
@@ -81,7 +81,7 @@ func exactArgs(n int) cobra.PositionalArgs {
 func rangeArgs(lo, hi int) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) < lo || len(args) > hi {
-			return usageError(cmd, "%s expects %d to %d arguments, got %d: usage: %s", cmd.Name(), lo, hi, len(args), cmd.UseLine())
+			return usageError(cmd, "%s expects %d to %d arguments, got %d: usage: %s", cmd.Name(), lo, hi, len(args), "vdisk "+cmd.Use)
 		}
 		return nil
 	}
