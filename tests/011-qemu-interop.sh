@@ -87,3 +87,13 @@ cmp r1.img r2.img && echo "grown images identical"
 same "shrink without --shrink" qemu-img resize -f raw r1.img 1M :: $VDISK resize -f raw r2.img 1M
 same "shrink" qemu-img resize -f raw --shrink r1.img -- -1M :: $VDISK resize -f raw --shrink r2.img -1M
 cmp r1.img r2.img && echo "shrunk images identical"
+
+echo "== io vs qemu-io (timing lines dropped)"
+qemu-img create -f raw io1.img 1M >/dev/null; cp io1.img io2.img
+cmds=(-c 'write -P 0xab 0 4k' -c 'read -P 0xab 0 4k' -c 'read -P 0xac 0 4k' -c 'read -v 4090 40'
+	-c 'write -z 64k 64k' -c 'write 100k 1000' -c 'discard 512k 64k' -c 'flush' -c 'map' -c 'info')
+qemu-io -f raw "${cmds[@]}" io1.img > qio.out; qs=$?
+q=$(grep -v ' ops; ' qio.out)
+v=$($VDISK io -f raw "${cmds[@]}" io2.img); vs=$?
+[ "$q" == "$v" ] && [ $qs == $vs ] && echo "io output agrees (exit $vs)" || { echo "io DISAGREES: $qs $vs"; diff <(echo "$q") <(echo "$v"); }
+cmp io1.img io2.img && echo "io results identical"
