@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -92,39 +91,6 @@ func plural(n int) string {
 		return ""
 	}
 	return "s"
-}
-
-// optionHelp lists a format's create options as qemu-img -o help does.
-func optionHelp(f *block.Format) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "Supported %s options:\n", f.Name)
-	specs := append([]block.OptionSpec(nil), f.CreateOptions...)
-	sortSpecs(specs)
-	for _, s := range specs {
-		line := fmt.Sprintf("  %s=<%s>", s.Name, s.Type)
-		if s.Help != "" || s.Default != "" {
-			if len(line) < 24 {
-				line += strings.Repeat(" ", 24-len(line))
-			}
-			line += " - " + s.Help
-			if s.Default != "" {
-				line += " (default: " + s.Default + ")"
-			}
-		}
-		b.WriteString(line + "\n")
-	}
-	if len(specs) == 0 {
-		b.WriteString("  (none)\n")
-	}
-	return b.String()
-}
-
-func sortSpecs(s []block.OptionSpec) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j].Name < s[j-1].Name; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
 }
 
 // wantsHelp reports whether an -o string asks for the option list.

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"vdisk/block"
+	"vdisk/imgtool"
 )
 
 func init() {
@@ -31,7 +32,7 @@ unwritten ranges from BACKING, and SIZE defaults to the backing image's size.
 				return err
 			}
 			if wantsHelp(opts) {
-				fmt.Print(optionHelp(f))
+				fmt.Print(imgtool.OptionHelp(f))
 				return nil
 			}
 			if len(args) < 1 || len(args) > 2 {
