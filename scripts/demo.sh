@@ -8,7 +8,9 @@ trap 'rm -rf "$dir"' EXIT
 cd "$dir"
 
 step() {
-XX
+	printf '\n$ vdisk'
+	for a in "$@"; do case $a in *' '*) printf " '%s'" "$a" ;; *) printf ' %s' "$a" ;; esac; done
+	printf '\n'
 	"$VDISK" "$@"
 }
 
