@@ -320,7 +320,11 @@ type ConvertOptions struct {
 	NoCreate   bool
 	ForceShare bool  // -U for the source
 	CacheSize  int64 // read cache for the source
-	Copy       CopyOptions
+	// Unsafe skips making the target durable at the end (qemu-img's
+	// default cache=unsafe for convert targets). Without it, Convert
+	// returns only once the target is on stable storage.
+	Unsafe bool
+	Copy   CopyOptions
 }
 
 // Convert copies image src into a new image dst of another format. The
@@ -347,7 +351,7 @@ func Convert(src, dst string, o ConvertOptions) (err error) {
 		}
 		created = block.IsLocalName(dst)
 	}
-	out, err := block.Open(dst, block.OpenOptions{Format: dstFmt})
+	out, err := block.Open(dst, block.OpenOptions{Format: dstFmt, Unsafe: o.Unsafe})
 	if err != nil {
 		if created {
 			os.Remove(dst)

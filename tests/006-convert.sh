@@ -18,6 +18,9 @@ run $VDISK map --output json s64.img
 echo "== -W -m 16 -p into raw, -o"
 run $VDISK convert -W -m 16 -p -f raw -O raw -o preallocation=falloc src.img w.img
 run $VDISK compare src.img w.img
+echo "== -t unsafe skips the final flush"
+run $VDISK convert -t unsafe src.img u.img
+run $VDISK compare src.img u.img
 echo "== -n into an existing image"
 $VDISK create -q exist.img 8M
 $VDISK io -c 'write -P 0x77 0 8M' exist.img >/dev/null
@@ -40,6 +43,7 @@ run $VDISK convert -S abc src.img x.img
 run $VDISK convert -o nosuch=1 src.img x.img
 run $VDISK convert -n src.img missing2.img
 run $VDISK convert -n -o preallocation=full src.img exist.img
+run $VDISK convert -t bogus src.img x.img
 run $VDISK convert src.img
 run $VDISK convert src.img no/such/dir/x.img
 ls x.img missing2.img 2>&1 || true
