@@ -212,7 +212,10 @@ func (c *copier) progress(n int64) {
 // do reads one chunk and writes what is not zero, in order unless -W.
 func (c *copier) do(j copyJob, buf []byte) error {
 	b := buf[:j.n]
-	if j.zero {
+	if j.zero && c.o.Sparse > 0 {
+		// Known zeros need neither a buffer nor a scan.
+		b = nil
+	} else if j.zero {
 		clear(b)
 	} else if _, err := c.src.ReadAt(b, j.off); err != nil {
 		return fmt.Errorf("error while reading at byte %d: %w", j.off, err)
@@ -234,7 +237,13 @@ func (c *copier) do(j copyJob, buf []byte) error {
 			c.mu.Unlock()
 		}()
 	}
-	if err := c.write(b, j.off); err != nil {
+	var err error
+	if b == nil {
+		err = c.writeZero(j.off, j.n)
+	} else {
+		err = c.write(b, j.off)
+	}
+	if err != nil {
 		return fmt.Errorf("error while writing at byte %d: %w", j.off, err)
 	}
 	c.progress(j.n)
