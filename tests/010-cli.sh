@@ -8,3 +8,4 @@ run $VDISK info --bogus x
 $VDISK help convert | head -3
 $VDISK help io | grep -c 'read \[-P PATTERN\]'
 $VDISK --help | grep -E '^  (create|info|check|convert|compare|map|resize|io) ' | awk '{print $1}'
+run $VDISK help nosuch
