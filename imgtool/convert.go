@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -368,7 +369,10 @@ func Convert(src, dst string, o ConvertOptions) (err error) {
 		return err
 	}
 	cp := o.Copy
-	cp.TargetZeroed = !o.NoCreate
+	// A new local file (or RAM disk) reads as zeros; a container behind
+	// another protocol (an NBD export) may hold old data, so zeros are
+	// written there explicitly.
+	cp.TargetZeroed = !o.NoCreate && (block.IsLocalName(dst) || strings.HasPrefix(dst, "mem:"))
 	cerr := Copy(in, out, cp)
 	if cerr != nil {
 		cerr = fmt.Errorf("%s: %w", dst, cerr)
