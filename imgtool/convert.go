@@ -354,7 +354,7 @@ func Convert(src, dst string, o ConvertOptions) (err error) {
 	if !o.NoCreate {
 		opts, err := CreateOptionsFor(dstFmt, o.CreateOptions, in.Size())
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: %w", dst, err)
 		}
 		if err := block.Create(dst, dstFmt, opts); err != nil {
 			return err
