@@ -1,0 +1,52 @@
+package qcow2
+
+import (
+	"vdisk/block"
+)
+
+// maxStatusBytes bounds one BlockStatus answer; callers loop.
+const maxStatusBytes = 1 << 40
+
+// BlockStatus reports this layer's view, as QEMU's qcow2 driver does:
+// data clusters with their host offsets, zero clusters (with the host
+// offset of a preallocated one), compressed clusters without one, and
+// unallocated ranges with neither data nor zero status.
+func (img *Image) BlockStatus(off, n int64) ([]block.Extent, error) {
+	if err := block.CheckRange(off, n, img.Size()); err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	n = min(n, maxStatusBytes)
+	var out []block.Extent
+	img.mu.RLock()
+	err := img.mapRange(off, n, func(s seg) error {
+		e := block.Extent{Offset: s.goff, Length: s.n, HostOffset: s.host}
+		switch s.k {
+		case kData:
+			e.Status = block.StatusData
+			e.File = img.name
+		case kZero:
+			e.Status = block.StatusZero
+		}
+		if s.host >= 0 {
+			e.File = img.name
+		}
+		switch s.k {
+		case kCompressed:
+			e.Status = block.StatusData | block.StatusCompressed
+		}
+		if k := len(out); k > 0 && block.Mergeable(out[k-1], e) {
+			out[k-1].Length += e.Length
+		} else {
+			out = append(out, e)
+		}
+		return nil
+	})
+	img.mu.RUnlock()
+	if err != nil {
+		return nil, err
+	}
+	return block.RefineZero(img.f, out)
+}
