@@ -104,27 +104,47 @@ func (img *Image) compress(p []byte) ([]byte, error) {
 	return out, nil
 }
 
-// WriteCompressed writes one full, cluster-aligned cluster in compressed
-// form (block.CompressedWriter). Compression runs before the metadata lock
-// is taken, so callers compress on all cores.
+// WriteCompressed writes whole clusters in compressed form
+// (block.CompressedWriter): off is cluster aligned and len(p) a multiple of
+// the cluster size, except that the image's last cluster may be short.
+// Compression runs before the metadata lock is taken, so callers compress
+// on all cores.
 func (img *Image) WriteCompressed(p []byte, off int64) error {
 	if img.ro {
 		return block.ErrReadOnly
 	}
-	if int64(len(p)) != img.cs || off&(img.cs-1) != 0 {
-		return fmt.Errorf("qcow2: compressed writes must be one aligned cluster (%d bytes)", img.cs)
-	}
 	if err := block.CheckRange(off, int64(len(p)), img.Size()); err != nil {
-		// The last cluster may be partial: pad it.
-		if off < img.Size() && off+int64(len(p)) > img.Size() {
-			return fmt.Errorf("qcow2: %w", err)
-		}
 		return err
 	}
+	if off&(img.cs-1) != 0 || (int64(len(p))&(img.cs-1) != 0 && off+int64(len(p)) != img.Size()) {
+		return fmt.Errorf("qcow2: compressed writes must cover whole clusters (%d bytes)", img.cs)
+	}
+	for len(p) > 0 {
+		n := min(int64(len(p)), img.cs)
+		c := p[:n]
+		if n < img.cs {
+			c = make([]byte, img.cs)
+			copy(c, p[:n])
+		}
+		if err := img.writeCompressedCluster(c, off, n); err != nil {
+			return err
+		}
+		p = p[n:]
+		off += n
+	}
+	return nil
+}
+
+// writeCompressedCluster stores one cluster; n is how much of it lies
+// inside the image.
+func (img *Image) writeCompressedCluster(p []byte, off, n int64) error {
 	if block.IsZero(p) && img.backing == nil {
-		// Leave it unallocated: it reads as zeros already unless written before.
+		// Leave it unallocated if it is: it reads as zeros already.
 		img.mu.Lock()
 		defer img.mu.Unlock()
+		if img.closed {
+			return block.ErrClosed
+		}
 		e, err := img.lookup(off >> img.cbits)
 		if err != nil {
 			return err
@@ -132,7 +152,7 @@ func (img *Image) WriteCompressed(p []byte, off int64) error {
 		if e == (l2e{}) {
 			return nil
 		}
-		return img.writeLocked(p, off)
+		return img.zeroClusters(off>>img.cbits, off>>img.cbits+1, true)
 	}
 	c, err := img.compress(p)
 	if err != nil {
@@ -144,7 +164,10 @@ func (img *Image) WriteCompressed(p []byte, off int64) error {
 		return block.ErrClosed
 	}
 	if c == nil {
-		return img.writeLocked(p, off)
+		if err := img.writeLocked(p[:n], off); err != nil {
+			return err
+		}
+		return img.afterMetaChange()
 	}
 	vc := off >> img.cbits
 	t, idx, err := img.l2ForWrite(vc)

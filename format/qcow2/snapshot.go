@@ -231,13 +231,6 @@ func (img *Image) SnapshotCreate(name string) error {
 	}
 	img.mu.Lock()
 	defer img.mu.Unlock()
-	if img.findSnapshot(name) >= 0 && name != "" {
-		for _, s := range img.snapshots {
-			if s.name == name {
-				return fmt.Errorf("qcow2: a snapshot named '%s' already exists", name)
-			}
-		}
-	}
 	if len(img.snapshots) >= maxSnapshots {
 		return errors.New("qcow2: too many snapshots")
 	}
