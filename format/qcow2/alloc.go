@@ -40,9 +40,16 @@ func (img *Image) allocClusters(n int64) (int64, error) {
 func (img *Image) findFree(n int64) (int64, error) {
 	start, run := int64(0), int64(0)
 	seenFree := false
+	fsize, err := img.f.Size()
+	if err != nil {
+		return 0, err
+	}
+	// Refcounts claiming clusters far past the end of the file are
+	// corrupt; stop rather than scan them for ever.
+	limit := (fsize >> img.cbits) + 1<<20
 	for c := max(img.freeHint, 1); ; c++ {
-		if c<<img.cbits > maxHostOffset {
-			return 0, fmt.Errorf("qcow2: no free space below %d bytes", maxHostOffset)
+		if c<<img.cbits > maxHostOffset || c > limit {
+			return 0, fmt.Errorf("qcow2: no free cluster found (corrupt refcounts? run 'vdisk check -r all')")
 		}
 		free := img.reservedAt(c) < 0
 		if free {

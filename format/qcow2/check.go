@@ -49,6 +49,10 @@ func (c *checker) inc(off, n int64) {
 	if n <= 0 {
 		return
 	}
+	if off < 0 || off > maxHostOffset || n > maxHostOffset {
+		c.errorf("ERROR reference to %#x+%d outside any valid host offset", off, n)
+		return
+	}
 	for cl := off >> c.img.cbits; cl <= (off+n-1)>>c.img.cbits; cl++ {
 		if cl < int64(len(c.refs)) {
 			if c.refs[cl] != ^uint32(0) {

@@ -22,7 +22,7 @@ func poke(t *testing.T, name string, off int64, b []byte) {
 	}
 }
 
-func be16(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
+func be16(v uint16) []byte  { return binary.BigEndian.AppendUint16(nil, v) }
 func be64b(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
 
 func checkImage(t *testing.T, name string, mode block.RepairMode) *block.CheckResult {

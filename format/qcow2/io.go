@@ -25,6 +25,10 @@ func (img *Image) mapRange(off, n int64, fn func(s seg) error) error {
 	for pos := off; pos < end; {
 		vc := pos >> img.cbits
 		cend := min(end, (vc+1)<<img.cbits)
+		if l1i := vc >> img.l2Bits; l1i >= int64(len(img.l1)) || img.l1[l1i]&offsetMask == 0 {
+			// No L2 table: the whole range it would map is unallocated.
+			cend = min(end, (l1i+1)<<(img.l2Bits+img.cbits))
+		}
 		e, err := img.lookup(vc)
 		if err != nil {
 			return err
@@ -32,7 +36,7 @@ func (img *Image) mapRange(off, n int64, fn func(s seg) error) error {
 		for pos < cend {
 			var s seg
 			in := pos & (img.cs - 1)
-			if img.ext && !e.compressed() {
+			if img.ext && !e.compressed() && e != (l2e{}) {
 				sc := uint(in >> img.scBits)
 				s = seg{k: img.subKind(e, sc), goff: pos, n: min(cend, ((pos>>img.scBits)+1)<<img.scBits) - pos}
 			} else {

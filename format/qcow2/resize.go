@@ -73,6 +73,10 @@ func (img *Image) freeFrom(size int64) error {
 	first := (size + img.cs - 1) >> img.cbits
 	last := (img.Size() + img.cs - 1) >> img.cbits
 	for vc := first; vc < last; vc++ {
+		if l1i := vc >> img.l2Bits; l1i >= int64(len(img.l1)) || img.l1[l1i]&offsetMask == 0 {
+			vc = (l1i+1)<<img.l2Bits - 1
+			continue
+		}
 		e, err := img.lookup(vc)
 		if err != nil {
 			return err

@@ -10,7 +10,10 @@ import (
 	"vdisk/block"
 )
 
-const maxSnapshotExtra = 1024
+const (
+	maxSnapshotExtra   = 1024
+	maxSnapshotL1Total = 256 << 20
+)
 
 // snapshot is one entry of the snapshot table.
 type snapshot struct {
@@ -53,7 +56,7 @@ func (s *snapshot) diskSize() (int64, bool) {
 func (img *Image) loadSnapshots() error {
 	h := img.h
 	off := int64(h.snapshotsOffset)
-	var total int64
+	var total, l1Total int64
 	for i := uint32(0); i < h.nbSnapshots; i++ {
 		var fixed [40]byte
 		if err := readFull(img.f, fixed[:], off); err != nil {
@@ -85,6 +88,10 @@ func (img *Image) loadSnapshots() error {
 		}
 		if s.l1Size > maxL1Bytes/8 {
 			return fmt.Errorf("qcow2: snapshot %q has an L1 table too large", s.name)
+		}
+		l1Total += int64(s.l1Size) * 8
+		if l1Total > maxSnapshotL1Total {
+			return errors.New("qcow2: snapshot L1 tables too large in total")
 		}
 		if s.l1Size > 0 {
 			fsize, _ := img.f.Size()

@@ -5,7 +5,10 @@ import (
 )
 
 // maxStatusBytes bounds one BlockStatus answer; callers loop.
-const maxStatusBytes = 1 << 40
+const (
+	maxStatusBytes    = 1 << 40
+	maxStatusClusters = 1 << 18
+)
 
 // BlockStatus reports this layer's view, as QEMU's qcow2 driver does:
 // data clusters with their host offsets, zero clusters (with the host
@@ -18,7 +21,8 @@ func (img *Image) BlockStatus(off, n int64) ([]block.Extent, error) {
 	if n == 0 {
 		return nil, nil
 	}
-	n = min(n, maxStatusBytes)
+	// Bound the work of one call by the clusters it may visit; callers loop.
+	n = min(n, maxStatusBytes, maxStatusClusters<<img.cbits)
 	var out []block.Extent
 	img.mu.RLock()
 	err := img.mapRange(off, n, func(s seg) error {

@@ -43,6 +43,11 @@ func (img *Image) Discard(off, n int64) error {
 // (QEMU's preallocated zero cluster). img.mu held exclusively.
 func (img *Image) zeroClusters(start, end int64, unmap bool) error {
 	for vc := start; vc < end; vc++ {
+		if l1i := vc >> img.l2Bits; img.backing == nil && (l1i >= int64(len(img.l1)) || img.l1[l1i]&offsetMask == 0) {
+			// Nothing mapped here and nothing shows through: skip the table.
+			vc = (l1i+1)<<img.l2Bits - 1
+			continue
+		}
 		e, err := img.lookup(vc)
 		if err != nil {
 			return err
