@@ -414,3 +414,21 @@ func TestCopyWritesOnlyNonZeroBlocks(t *testing.T) {
 		t.Errorf("wrote %d bytes, want %d", dst.written, want)
 	}
 }
+
+func TestOptionHelp(t *testing.T) {
+	f := &block.Format{Name: "x", CreateOptions: []block.OptionSpec{
+		{Name: "size", Type: block.OptSize, Help: "Virtual disk size"},
+		{Name: "lazy_refcounts", Type: block.OptBool, Default: "off", Help: "Postpone refcount updates"},
+		{Name: "cluster_size", Type: block.OptSize, Default: "65536", Help: "qcow2 cluster size"},
+		{Name: "refcount_bits", Type: block.OptNumber, Help: "Width of a reference count entry in bits"},
+	}}
+	want := `Supported x options:
+  cluster_size=<size>    - qcow2 cluster size (default: 65536)
+  lazy_refcounts=<bool (on/off)> - Postpone refcount updates (default: off)
+  refcount_bits=<num>    - Width of a reference count entry in bits
+  size=<size>            - Virtual disk size
+`
+	if got := OptionHelp(f); got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -72,7 +71,7 @@ func usageError(cmd *cobra.Command, format string, a ...any) error {
 func exactArgs(n int) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) != n {
-			return usageError(cmd, "%s expects %d argument%s, got %d: usage: %s", cmd.Name(), n, plural(n), len(args), cmd.UseLine())
+			return usageError(cmd, "%s expects %d argument%s, got %d: usage: %s", cmd.Name(), n, plural(n), len(args), "vdisk "+cmd.Use)
 		}
 		return nil
 	}
@@ -81,7 +80,7 @@ func exactArgs(n int) cobra.PositionalArgs {
 func rangeArgs(lo, hi int) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) < lo || len(args) > hi {
-			return usageError(cmd, "%s expects %d to %d arguments, got %d: usage: %s", cmd.Name(), lo, hi, len(args), cmd.UseLine())
+			return usageError(cmd, "%s expects %d to %d arguments, got %d: usage: %s", cmd.Name(), lo, hi, len(args), "vdisk "+cmd.Use)
 		}
 		return nil
 	}
@@ -92,39 +91,6 @@ func plural(n int) string {
 		return ""
 	}
 	return "s"
-}
-
-// optionHelp lists a format's create options as qemu-img -o help does.
-func optionHelp(f *block.Format) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "Supported %s options:\n", f.Name)
-	specs := append([]block.OptionSpec(nil), f.CreateOptions...)
-	sortSpecs(specs)
-	for _, s := range specs {
-		line := fmt.Sprintf("  %s=<%s>", s.Name, s.Type)
-		if s.Help != "" || s.Default != "" {
-			if len(line) < 24 {
-				line += strings.Repeat(" ", 24-len(line))
-			}
-			line += " - " + s.Help
-			if s.Default != "" {
-				line += " (default: " + s.Default + ")"
-			}
-		}
-		b.WriteString(line + "\n")
-	}
-	if len(specs) == 0 {
-		b.WriteString("  (none)\n")
-	}
-	return b.String()
-}
-
-func sortSpecs(s []block.OptionSpec) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j].Name < s[j-1].Name; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
 }
 
 // wantsHelp reports whether an -o string asks for the option list.

@@ -43,7 +43,7 @@ order; -n writes into an existing DST instead of creating it.`,
 				if err != nil {
 					return err
 				}
-				fmt.Print(optionHelp(f))
+				fmt.Print(imgtool.OptionHelp(f))
 				return nil
 			}
 			sp, err := block.ParseSize(sparse)

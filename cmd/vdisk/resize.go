@@ -63,7 +63,7 @@ by that much. Shrinking loses the data beyond the new end and needs --shrink.`,
 				return fmt.Errorf("%s: format %s does not support resizing", name, f)
 			}
 			if size < img.Size() && !shrink {
-				fmt.Fprintf(os.Stderr, "vdisk: %s: Use the --shrink option to perform a shrink operation.\n", name)
+				fmt.Fprintln(os.Stderr, "vdisk: Use the --shrink option to perform a shrink operation.")
 				return exitCode(1, errors.New("warning: Shrinking an image will delete all data beyond the shrunken image's end. "+
 					"Before performing such an operation, make sure there is no important data there."))
 			}
