@@ -88,6 +88,8 @@ func (c *checker) walkL1(l1 []uint64, active bool) {
 			c.res.Messages = append(c.res.Messages, fmt.Sprintf("ERROR: %v", err))
 			continue
 		}
+		// QEMU counts fragmentation within each L2 table.
+		c.lastHost = 0
 		for j := 0; j < 1<<img.l2Bits; j++ {
 			e := img.getEntry(t, j)
 			if e.compressed() {

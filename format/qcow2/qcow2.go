@@ -92,6 +92,8 @@ type Image struct {
 	oldSnapshotTableLen int64
 	lazy                bool // lazy refcounts: the dirty bit is set on disk
 	corrupt             bool
+	preallocOnce        sync.Once
+	prealloc            bool // see metadataPreallocated
 	closed              bool
 	closeErr            error
 }

@@ -48,9 +48,50 @@ func (img *Image) BlockStatus(off, n int64) ([]block.Extent, error) {
 		}
 		return nil
 	})
+	prealloc := err == nil && img.metadataPreallocated()
 	img.mu.RUnlock()
 	if err != nil {
 		return nil, err
 	}
+	if !prealloc {
+		return out, nil
+	}
 	return block.RefineZero(img.f, out)
+}
+
+// metadataPreallocated reports whether many more clusters are in use than
+// the file has space allocated for, which is how QEMU recognises an image
+// made with preallocation=metadata; only for those does QEMU ask the file
+// where its holes are (and qemu-img map shows zero data there). Decided
+// once per open, as QEMU does. img.mu held (either mode).
+func (img *Image) metadataPreallocated() bool {
+	img.preallocOnce.Do(func() {
+		as, ok := img.f.(block.AllocatedSizer)
+		if !ok {
+			return
+		}
+		real, err := as.AllocatedSize()
+		if err != nil {
+			return
+		}
+		fsize, err := img.f.Size()
+		if err != nil {
+			return
+		}
+		realClusters := real >> img.cbits
+		threshold := max(realClusters*10/9, realClusters+2)
+		end := (fsize + img.cs - 1) >> img.cbits
+		count := int64(0)
+		for c := int64(0); c < end && count < threshold; c++ {
+			rc, err := img.refcount(c)
+			if err != nil {
+				return
+			}
+			if rc != 0 {
+				count++
+			}
+		}
+		img.prealloc = count >= threshold
+	})
+	return img.prealloc
 }
