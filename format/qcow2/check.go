@@ -182,14 +182,16 @@ func (img *Image) computeRefs(res *block.CheckResult, withRefcounts bool) (*chec
 // checkLocked runs a check and the repairs mode allows; rebuild forces a
 // rebuild of the refcount structures (a dirty image).
 func (img *Image) checkLocked(mode block.RepairMode, rebuild bool) (*block.CheckResult, error) {
-	res, needRebuild, err := img.checkPass()
+	res, needRebuild, copiedErrs, err := img.checkPass()
 	if err != nil {
 		return nil, err
 	}
 	if mode == block.RepairNone && !rebuild {
 		return res, nil
 	}
-	firstLeaks, firstCorr := res.Leaks, res.Corruptions
+	// As in QEMU, COPIED flags are judged after the refcounts are repaired,
+	// so only those still wrong then count as fixed corruptions.
+	firstLeaks, firstCorr := res.Leaks, res.Corruptions-copiedErrs
 	repaired := false
 	if rebuild || (needRebuild && mode&block.RepairErrors != 0) {
 		if err := img.rebuildRefcounts(); err != nil {
@@ -207,6 +209,7 @@ func (img *Image) checkLocked(mode block.RepairMode, rebuild bool) (*block.Check
 			return nil, err
 		} else if n > 0 {
 			repaired = true
+			firstCorr += n
 		}
 	}
 	if !repaired {
@@ -215,7 +218,7 @@ func (img *Image) checkLocked(mode block.RepairMode, rebuild bool) (*block.Check
 	if err := img.flushLocked(false); err != nil {
 		return nil, err
 	}
-	res2, _, err := img.checkPass()
+	res2, _, _, err := img.checkPass()
 	if err != nil {
 		return nil, err
 	}
@@ -227,12 +230,13 @@ func (img *Image) checkLocked(mode block.RepairMode, rebuild bool) (*block.Check
 
 // checkPass compares computed and stored refcounts. needRebuild reports
 // refcount errors that only a rebuild can fix safely.
-func (img *Image) checkPass() (*block.CheckResult, bool, error) {
+func (img *Image) checkPass() (*block.CheckResult, bool, int, error) {
 	res := &block.CheckResult{Filename: img.name, Format: "qcow2"}
 	c, err := img.computeRefs(res, true)
 	if err != nil {
-		return nil, false, err
+		return nil, false, 0, err
 	}
+	copiedErrs := 0
 	needRebuild := res.Corruptions > 0
 	var maxUsed int64 = -1
 	for cl := int64(0); cl < int64(len(c.refs)); cl++ {
@@ -289,6 +293,7 @@ func (img *Image) checkPass() (*block.CheckResult, bool, error) {
 		}
 		if (rc == 1) != (e1&flagCopied != 0) {
 			c.errorf("ERROR OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d", i, e1, rc)
+			copiedErrs++
 		}
 		t, err := img.loadTable(img.l2c, l2off, "L2 table")
 		if err != nil {
@@ -305,6 +310,7 @@ func (img *Image) checkPass() (*block.CheckResult, bool, error) {
 			}
 			if (rc == 1) != e.copied() {
 				c.errorf("ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=%d", e.d, rc)
+				copiedErrs++
 			}
 		}
 	}
@@ -313,7 +319,7 @@ func (img *Image) checkPass() (*block.CheckResult, bool, error) {
 	res.AllocatedClusters = c.allocated
 	res.FragmentedClusters = c.frag
 	res.CompressedClusters = c.comp
-	return res, needRebuild, nil
+	return res, needRebuild, copiedErrs, nil
 }
 
 // fixRefcountsInPlace sets each wrong refcount to the computed value where
