@@ -4,6 +4,7 @@ package drivers
 
 import (
 	_ "vdisk/format/mem"
+	_ "vdisk/format/qcow2"
 	_ "vdisk/format/raw"
 	_ "vdisk/protocol/file"
 )
