@@ -5,5 +5,6 @@ package drivers
 import (
 	_ "vdisk/format/mem"
 	_ "vdisk/format/raw"
+	_ "vdisk/format/vhd"
 	_ "vdisk/protocol/file"
 )
