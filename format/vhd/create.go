@@ -125,7 +125,9 @@ func writeDynamic(f block.File, ft *Footer, h *Header, locs []locatorData) error
 	for i, l := range locs {
 		space := (int64(len(l.data)) + sectorSize - 1) / sectorSize * sectorSize
 		copy(h.Locators[i].Code[:], l.code)
-		h.Locators[i].DataSpace = uint32(space / sectorSize)
+		// Hyper-V stores the reserved space in bytes, despite the
+		// specification's "sectors"; readers use only the length.
+		h.Locators[i].DataSpace = uint32(space)
 		h.Locators[i].DataLen = uint32(len(l.data))
 		h.Locators[i].DataOff = uint64(pos)
 		if _, err := f.WriteAt(l.data, pos); err != nil {

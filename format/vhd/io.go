@@ -315,9 +315,19 @@ func (m *Image) allocWrite(idx, in int64, p []byte) error {
 	if err != nil {
 		return fmt.Errorf("vhd: block %d: %w", idx, err)
 	}
+	// A dynamic disk's new block is marked present in full, as QEMU does:
+	// its unwritten sectors are zeros in the file either way, and later
+	// writes then need no bitmap updates. A differencing disk marks only
+	// what was written; the rest still comes from the parent.
 	bm := make([]byte, m.bmSize)
-	for s := start / sectorSize; s < (start+int64(len(buf)))/sectorSize; s++ {
-		setBit(bm, s)
+	if m.dtype == typeDynamic {
+		for i := range bm[:m.blockSize/sectorSize/8] {
+			bm[i] = 0xFF
+		}
+	} else {
+		for s := start / sectorSize; s < (start+int64(len(buf)))/sectorSize; s++ {
+			setBit(bm, s)
+		}
 	}
 	newEnd := pos + m.blockTotal
 	if _, err := m.f.WriteAt(m.footer.marshal(), newEnd); err != nil {

@@ -2,8 +2,7 @@ package vhd
 
 import (
 	"bytes"
-	"errors"
-	"fmt"
+		"fmt"
 	"os"
 	"strings"
 
@@ -89,11 +88,10 @@ func (m *Image) verifyParent(p block.Image, full string) error {
 		return fmt.Errorf("vhd: differencing disk %s expects a parent with unique id %s, but %s has %s",
 			m.name, uuidString(m.hdr.ParentUUID), full, uuidString(pv.footer.UniqueID))
 	}
-	if pv.footer.Timestamp != m.hdr.ParentTimestamp {
+	// Hyper-V leaves the parent time stamp 0; only a recorded one is checked.
+	if m.hdr.ParentTimestamp != 0 && pv.footer.Timestamp != m.hdr.ParentTimestamp {
 		return fmt.Errorf("vhd: differencing disk %s expects a parent with time stamp %d, but %s has %d (the parent changed since the child was made)",
 			m.name, m.hdr.ParentTimestamp, full, pv.footer.Timestamp)
 	}
 	return nil
 }
-
-var errNoParent = errors.New("no parent")
