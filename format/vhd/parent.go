@@ -2,7 +2,7 @@ package vhd
 
 import (
 	"bytes"
-		"fmt"
+	"fmt"
 	"os"
 	"strings"
 
