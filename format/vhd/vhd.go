@@ -77,6 +77,7 @@ type Image struct {
 	bmSize     int64
 	blockTotal int64 // bitmap + data
 
+	meta     []region // footer copy, header, BAT, locators
 	batMu    sync.RWMutex
 	bat      []uint32
 	badEntry map[uint32]string
@@ -246,21 +247,15 @@ func (m *Image) openDynamic(fsize int64, opts *block.OpenOptions) error {
 	if len(m.badEntry) > 0 {
 		m.damage = append(m.damage, firstBad(m.badEntry))
 	}
+	m.meta = meta
+	for _, l := range h.Locators {
+		if l.Code != [4]byte{} && l.DataLen > 0 && l.DataLen <= maxLocatorData && l.DataOff < uint64(fsize) {
+			m.meta = append(m.meta, region{int64(l.DataOff), int64(l.DataOff) + int64(l.DataLen), "parent locator"})
+		}
+	}
 	// The next block goes where the footer is, past every block and all
 	// metadata; space a crash leaked before the footer is never reused.
-	end := (bo + batBytes + sectorSize - 1) / sectorSize * sectorSize
-	end = max(end, ho+headerSize)
-	for i, e := range m.bat {
-		if e != batUnused && m.badEntry[uint32(i)] == "" {
-			end = max(end, int64(e)*sectorSize+m.blockTotal)
-		}
-	}
-	for _, l := range h.Locators {
-		if l.Code != [4]byte{} && l.DataLen > 0 && l.DataOff < uint64(fsize) {
-			end = max(end, int64(l.DataOff)+int64(min(uint64(l.DataLen), uint64(fsize))))
-		}
-	}
-	end = (end + sectorSize - 1) / sectorSize * sectorSize
+	end := m.dataEnd()
 	m.nextFree = max(end, (tailOff+sectorSize-1)/sectorSize*sectorSize)
 	if m.footerDirty && tailOff < end {
 		m.nextFree = end
@@ -269,6 +264,23 @@ func (m *Image) openDynamic(fsize int64, opts *block.OpenOptions) error {
 		m.parentDepth = opts.Depth + 1
 	}
 	return nil
+}
+
+// dataEnd is the end of the last metadata structure or valid block,
+// sector-aligned: where the footer belongs.
+func (m *Image) dataEnd() int64 {
+	var end int64
+	for _, r := range m.meta {
+		end = max(end, r.end)
+	}
+	m.batMu.RLock()
+	for i, e := range m.bat {
+		if e != batUnused && m.badEntry[uint32(i)] == "" {
+			end = max(end, int64(e)*sectorSize+m.blockTotal)
+		}
+	}
+	m.batMu.RUnlock()
+	return (end + sectorSize - 1) / sectorSize * sectorSize
 }
 
 func firstBad(bad map[uint32]string) string {
