@@ -3,6 +3,7 @@
 package drivers
 
 import (
+	_ "vdisk/block/cache"
 	_ "vdisk/format/mem"
 	_ "vdisk/format/raw"
 	_ "vdisk/format/vhd"
