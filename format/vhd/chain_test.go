@@ -180,3 +180,40 @@ func readChunked(name string, chunk int) ([]byte, error) {
 		}
 	}
 }
+
+// TestParentLoop: a differencing disk whose locators name itself must
+// fail with an error, not recurse without end.
+func TestParentLoop(t *testing.T) {
+	dir := t.TempDir()
+	base, c := filepath.Join(dir, "p.vhd"), filepath.Join(dir, "c.vhd")
+	create(t, base, map[string]string{"size": "1M"})
+	create(t, c, map[string]string{"backing_file": "p.vhd"})
+	// p.vhd becomes a copy of c.vhd: a differencing disk naming p.vhd.
+	b, err := os.ReadFile(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(base, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		img, err := block.Open(base, block.OpenOptions{ReadOnly: true})
+		if err == nil {
+			img.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "deeper than") {
+			t.Fatalf("self-parent: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("opening a self-parented disk did not finish")
+	}
+	// c.vhd's parent now has the wrong unique id.
+	if _, err := block.Open(c, block.OpenOptions{ReadOnly: true}); err == nil || !strings.Contains(err.Error(), "deeper than") {
+		t.Fatalf("wrong parent: %v", err)
+	}
+}

@@ -2,6 +2,7 @@ package vhd
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -66,6 +67,13 @@ func (m *Image) openParent(opts *block.OpenOptions) error {
 			}
 		}
 		p, err := block.OpenBacking(m.name, c.path, "vhd", opts)
+		var ce *chainError
+		if errors.As(err, &ce) {
+			return ce
+		}
+		if err != nil && strings.Contains(err.Error(), "backing chain deeper than") {
+			return &chainError{fmt.Sprintf("vhd: differencing disk %s: parent chain through %s is deeper than %d images (a loop?)", m.name, full, block.MaxBackingDepth)}
+		}
 		if err != nil {
 			return fmt.Errorf("vhd: differencing disk %s: parent from %s '%s': %w", m.name, c.from, full, err)
 		}
@@ -95,3 +103,10 @@ func (m *Image) verifyParent(p block.Image, full string) error {
 	}
 	return nil
 }
+
+// chainError reports a parent chain that is too deep or loops. It passes
+// up through every level unchanged, so the message is not repeated once
+// per image of the chain.
+type chainError struct{ msg string }
+
+func (e *chainError) Error() string { return e.msg }
