@@ -47,7 +47,11 @@ func (f *memFile) WriteAt(p []byte, off int64) (int, error) {
 	return copy(f.b[off:], p), nil
 }
 
-func (f *memFile) Size() (int64, error) { f.mu.Lock(); defer f.mu.Unlock(); return int64(len(f.b)), nil }
+func (f *memFile) Size() (int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return int64(len(f.b)), nil
+}
 func (f *memFile) Truncate(n int64) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
