@@ -95,7 +95,7 @@ func TestQemuImages(t *testing.T) {
 		force bool
 	}
 	var cases []tc
-	for _, size := range []string{"1M", "10M", "10486272", "130M", "1G"} {
+	for _, size := range []string{"1M", "10M", "10486272", "40M", "1G"} {
 		for _, sub := range []string{"dynamic", "fixed"} {
 			for _, force := range []bool{false, true} {
 				cases = append(cases, tc{size, sub, force})
