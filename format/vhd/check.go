@@ -65,7 +65,9 @@ func (m *Image) Check(mode block.RepairMode) (*block.CheckResult, error) {
 	if m.headerDirty {
 		res.Corruptions++
 		if fixErr {
-			if _, err := m.f.WriteAt(m.hdr.marshal(), int64(m.footer.DataOffset)); err != nil {
+			hb := append([]byte(nil), m.hdrRaw...)
+			binary.BigEndian.PutUint32(hb[36:], checksum(hb, 36))
+			if _, err := m.f.WriteAt(hb, int64(m.footer.DataOffset)); err != nil {
 				return nil, fmt.Errorf("vhd: rewriting dynamic header: %w", err)
 			}
 			m.headerDirty = false
@@ -117,7 +119,7 @@ func (m *Image) Check(mode block.RepairMode) (*block.CheckResult, error) {
 	moveFooter := m.footerDirty && fixErr || trailing > 0 && fixLeak
 	if moveFooter {
 		// The footer goes right after the data and the file ends there.
-		fb := m.footer.marshal()
+		fb := m.footerRaw
 		if _, err := m.f.WriteAt(fb, end); err != nil {
 			return nil, fmt.Errorf("vhd: writing footer at %#x: %w", end, err)
 		}

@@ -91,7 +91,8 @@ func parseFooter(b []byte) (*Footer, error) {
 	return f, nil
 }
 
-// marshal encodes the footer with a freshly computed checksum.
+// marshal encodes the footer with a freshly computed checksum. It does not
+// modify f, so it is safe while others read the footer.
 func (f *Footer) marshal() []byte {
 	b := make([]byte, footerSize)
 	be := binary.BigEndian
@@ -110,8 +111,7 @@ func (f *Footer) marshal() []byte {
 	be.PutUint32(b[60:], f.DiskType)
 	copy(b[68:], f.UniqueID[:])
 	b[84] = f.SavedState
-	f.Checksum = checksum(b, 64)
-	be.PutUint32(b[64:], f.Checksum)
+	be.PutUint32(b[64:], checksum(b, 64))
 	return b
 }
 

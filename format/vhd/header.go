@@ -111,8 +111,7 @@ func (h *Header) marshal() []byte {
 		be.PutUint32(e[8:], l.DataLen)
 		be.PutUint64(e[16:], l.DataOff)
 	}
-	h.Checksum = checksum(b, 36)
-	be.PutUint32(b[36:], h.Checksum)
+	be.PutUint32(b[36:], checksum(b, 36))
 	return b
 }
 

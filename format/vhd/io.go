@@ -330,7 +330,7 @@ func (m *Image) allocWrite(idx, in int64, p []byte) error {
 		}
 	}
 	newEnd := pos + m.blockTotal
-	if _, err := m.f.WriteAt(m.footer.marshal(), newEnd); err != nil {
+	if _, err := m.f.WriteAt(m.footerRaw, newEnd); err != nil {
 		return fmt.Errorf("vhd: moving the footer to %#x: %w", newEnd, err)
 	}
 	if _, err := m.f.WriteAt(buf, pos+m.bmSize+start); err != nil {

@@ -59,14 +59,18 @@ func probe(head, tail []byte, name string) int {
 
 // Image is an open VHD.
 type Image struct {
-	f        block.File
-	name     string
-	footer   *Footer
-	hdr      *Header // nil for fixed disks
-	size     int64
-	dtype    uint32
-	readOnly bool // guest writes refused (read-only open, or damage)
-	fileRO   bool // the container itself is read-only
+	f      block.File
+	name   string
+	footer *Footer
+	// footerRaw is the footer as read; moving it keeps every byte,
+	// reserved ones included, so that it stays equal to the copy at 0.
+	footerRaw []byte
+	hdr       *Header // nil for fixed disks
+	hdrRaw    []byte  // the header as read, for a checksum repair that keeps every byte
+	size      int64
+	dtype     uint32
+	readOnly  bool // guest writes refused (read-only open, or damage)
+	fileRO    bool // the container itself is read-only
 	// damage lists problems found at open that check -r all repairs;
 	// while any exist, the image refuses writes.
 	damage      []string
@@ -142,9 +146,9 @@ func open(f block.File, opts *block.OpenOptions) (*Image, error) {
 	headHasCookie := bytes.Equal(head[:8], []byte(footerCookie))
 	switch {
 	case terr == nil && tf.DiskType == typeFixed:
-		m.footer = tf
+		m.footer, m.footerRaw = tf, tail
 	case terr == nil:
-		m.footer = tf
+		m.footer, m.footerRaw = tf, tail
 		if herr != nil {
 			m.damage = append(m.damage, fmt.Sprintf("footer copy at offset 0 is damaged (%v)", herr))
 			m.footerDirty = true
@@ -153,7 +157,7 @@ func open(f block.File, opts *block.OpenOptions) (*Image, error) {
 			m.footerDirty = true
 		}
 	case herr == nil && hf.DiskType != typeFixed:
-		m.footer = hf
+		m.footer, m.footerRaw = hf, head
 		m.damage = append(m.damage, fmt.Sprintf("footer at the end of the file (offset %#x) is damaged (%v); using the copy at offset 0", tailOff, terr))
 		m.footerDirty = true
 	case headHasCookie && herr != nil && !bytes.Equal(tail[:8], []byte(footerCookie)):
@@ -214,7 +218,7 @@ func (m *Image) openDynamic(fsize int64, opts *block.OpenOptions) error {
 		m.damage = append(m.damage, cerr.Error())
 		m.headerDirty = true
 	}
-	m.hdr = h
+	m.hdr, m.hdrRaw = h, hb
 	m.blockSize = int64(h.BlockSize)
 	m.bmSize = bitmapSize(h.BlockSize)
 	m.blockTotal = m.bmSize + m.blockSize
