@@ -2,6 +2,7 @@ package vhd_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math/rand"
@@ -282,4 +283,45 @@ func reopenMap(t *testing.T, file string) []qemuExtent {
 	}
 	defer img.Close()
 	return ourMap(t, img)
+}
+
+// TestCreatorSizeRules patches the creator application and current size of
+// an image and checks that vdisk and qemu-img choose the same virtual size.
+func TestCreatorSizeRules(t *testing.T) {
+	dir := t.TempDir()
+	for _, sub := range []string{"dynamic", "fixed"} {
+		for _, app := range []string{"win ", "d2v ", "vpc ", "tap\x00", "CTXS", "qemu", "qem2", "vs  ", "vdsk"} {
+			file := filepath.Join(dir, "c.vhd")
+			os.Remove(file)
+			run(t, "qemu-img", "create", "-q", "-f", "vpc", "-o", "subformat="+sub, file, "10M")
+			b, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			foot := b[len(b)-512:]
+			copy(foot[28:32], app)
+			binary.BigEndian.PutUint64(foot[48:], 10<<20-4096) // current size differs from CHS
+			binary.BigEndian.PutUint32(foot[64:], 0)
+			var s uint32
+			for _, c := range foot {
+				s += uint32(c)
+			}
+			binary.BigEndian.PutUint32(foot[64:], ^s)
+			if sub == "dynamic" {
+				copy(b[:512], foot)
+			}
+			if err := os.WriteFile(file, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			want := qemuSize(t, file)
+			img, err := block.Open(file, block.OpenOptions{ReadOnly: true, Format: "vhd"})
+			if err != nil {
+				t.Fatalf("%s %q: %v", sub, app, err)
+			}
+			if img.Size() != want {
+				t.Errorf("%s creator %q: vdisk size %d, qemu-img %d", sub, app, img.Size(), want)
+			}
+			img.Close()
+		}
+	}
 }
