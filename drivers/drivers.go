@@ -6,4 +6,5 @@ import (
 	_ "vdisk/format/mem"
 	_ "vdisk/format/raw"
 	_ "vdisk/protocol/file"
+	_ "vdisk/protocol/nbd"
 )
