@@ -86,12 +86,12 @@ type exportSpec struct {
 func parseExportFlag(s string) (exportSpec, error) {
 	name, rest, ok := strings.Cut(s, "=")
 	if !ok {
-		return exportSpec{}, fmt.Errorf("--export %q: expected NAME=FILE[,format=F][,readonly]", s)
+		return exportSpec{}, fmt.Errorf("serve: --export %q: expected NAME=FILE[,format=F][,readonly]", s)
 	}
 	parts := strings.Split(rest, ",")
 	spec := exportSpec{name: name, file: parts[0]}
 	if spec.file == "" {
-		return exportSpec{}, fmt.Errorf("--export %q: missing file", s)
+		return exportSpec{}, fmt.Errorf("serve: --export %q: missing file", s)
 	}
 	for _, p := range parts[1:] {
 		k, v, _ := strings.Cut(p, "=")
@@ -103,7 +103,7 @@ func parseExportFlag(s string) (exportSpec, error) {
 		case "description":
 			spec.description = v
 		default:
-			return exportSpec{}, fmt.Errorf("--export %q: unknown option '%s'", s, k)
+			return exportSpec{}, fmt.Errorf("serve: --export %q: unknown option '%s'", s, k)
 		}
 	}
 	return spec, nil
