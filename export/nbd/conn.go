@@ -122,6 +122,7 @@ const validFlags = nbd.CmdFlagFUA | nbd.CmdFlagNoHole | nbd.CmdFlagDF | nbd.CmdF
 // or allocated for it, returning the error the spec asks for.
 func (c *conn) validate(req nbd.Request) (uint32, string) {
 	size := uint64(c.exp.Image.Size())
+	maxPayload := c.srv.maxPayload()
 	inRange := req.Offset <= size && uint64(req.Length) <= size-req.Offset
 	allowed := nbd.CmdFlagFUA
 	switch req.Type {
@@ -139,11 +140,11 @@ func (c *conn) validate(req nbd.Request) (uint32, string) {
 	}
 	switch req.Type {
 	case nbd.CmdRead:
-		if req.Length > nbd.MaxPayload {
+		if req.Length > maxPayload {
 			if req.Flags&nbd.CmdFlagDF != 0 {
 				return nbd.EOVERFLOW, "read too large for one chunk"
 			}
-			return nbd.EINVAL, fmt.Sprintf("read of %d bytes exceeds the %d byte limit", req.Length, nbd.MaxPayload)
+			return nbd.EINVAL, fmt.Sprintf("read of %d bytes exceeds the %d byte limit", req.Length, maxPayload)
 		}
 		if !inRange {
 			return nbd.EINVAL, "read past the end of the export"
@@ -152,8 +153,8 @@ func (c *conn) validate(req nbd.Request) (uint32, string) {
 		if c.readOnly {
 			return nbd.EPERM, "export is read-only"
 		}
-		if req.Type == nbd.CmdWrite && req.Length > nbd.MaxPayload {
-			return nbd.EINVAL, fmt.Sprintf("write of %d bytes exceeds the %d byte limit", req.Length, nbd.MaxPayload)
+		if req.Type == nbd.CmdWrite && req.Length > maxPayload {
+			return nbd.EINVAL, fmt.Sprintf("write of %d bytes exceeds the %d byte limit", req.Length, maxPayload)
 		}
 		if !inRange {
 			if req.Type == nbd.CmdTrim {

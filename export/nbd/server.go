@@ -41,6 +41,9 @@ type Server struct {
 	// HandshakeTimeout bounds the whole handshake so that a client that
 	// stalls cannot hold a connection slot; 0 means 10 seconds.
 	HandshakeTimeout time.Duration
+	// MaxPayload is the largest READ or WRITE accepted and the maximum
+	// block size advertised; 0 means nbd.MaxPayload (32 MiB, as qemu-nbd).
+	MaxPayload uint32
 	// OnIdle, if set, is called each time the last connection ends.
 	OnIdle func()
 	// Logf receives diagnostics about misbehaving clients; nil discards them.
@@ -156,6 +159,13 @@ func (s *Server) Shutdown() {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+}
+
+func (s *Server) maxPayload() uint32 {
+	if s.MaxPayload == 0 || s.MaxPayload > nbd.MaxPayload {
+		return nbd.MaxPayload
+	}
+	return s.MaxPayload
 }
 
 func (s *Server) export(name string) *Export {
@@ -362,7 +372,7 @@ func (h *handshake) option(opt uint32, data []byte) (*conn, error) {
 		}
 		// Block sizes go out whether asked for or not: a minimum of 1
 		// constrains nobody, and clients learn the payload limit.
-		if err := h.reply(opt, nbd.RepInfo, nbd.AppendInfoBlockSize(nil, 1, nbd.PreferredBlockSize, nbd.MaxPayload)); err != nil {
+		if err := h.reply(opt, nbd.RepInfo, nbd.AppendInfoBlockSize(nil, 1, nbd.PreferredBlockSize, h.srv.maxPayload())); err != nil {
 			return nil, err
 		}
 		if err := h.reply(opt, nbd.RepAck, nil); err != nil {
@@ -428,8 +438,11 @@ func (h *handshake) newConn(e *Export) *conn {
 	flags := nbd.FlagHasFlags | nbd.FlagSendFlush | nbd.FlagSendFUA | nbd.FlagSendCache
 	// One Image object serves every connection, so a flush on any of them
 	// covers writes completed on all: the image is consistent across
-	// connections.
-	flags |= nbd.FlagCanMultiConn
+	// connections. With a limit of one connection, advertising it would
+	// only invite clients (nbdcopy) to open connections that are refused.
+	if h.srv.MaxConns != 1 {
+		flags |= nbd.FlagCanMultiConn
+	}
 	if ro {
 		flags |= nbd.FlagReadOnly
 	} else {

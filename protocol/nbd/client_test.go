@@ -159,12 +159,16 @@ func TestAgainstNbdkitFile(t *testing.T) {
 
 // serveMem runs vdisk's own server on a TCP port with a RAM image.
 func serveMem(t *testing.T, size int64) (string, *nbdexport.Server) {
+	return serveMemMax(t, size, 0)
+}
+
+func serveMemMax(t *testing.T, size int64, maxPayload uint32) (string, *nbdexport.Server) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &nbdexport.Server{Exports: []*nbdexport.Export{{Name: "m", Image: mem.New(size)}}}
+	srv := &nbdexport.Server{Exports: []*nbdexport.Export{{Name: "m", Image: mem.New(size)}}, MaxPayload: maxPayload}
 	go srv.Serve(l)
 	t.Cleanup(srv.Shutdown)
 	return "nbd://" + l.Addr().String() + "/m", srv
@@ -176,13 +180,14 @@ func TestAgainstVdiskServer(t *testing.T) {
 }
 
 func TestLargeIOSplits(t *testing.T) {
-	uri, _ := serveMem(t, 80<<20)
+	// The server advertises 1 MiB requests, so the client must split.
+	uri, _ := serveMemMax(t, 8<<20, 1<<20)
 	f, err := nbdc.Dial(uri)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	data := make([]byte, 70<<20) // over two 32 MiB payloads
+	data := make([]byte, 7<<20+3)
 	rand.New(rand.NewSource(2)).Read(data)
 	if _, err := f.WriteAt(data, 5); err != nil {
 		t.Fatal(err)
@@ -194,7 +199,7 @@ func TestLargeIOSplits(t *testing.T) {
 	if !bytes.Equal(got, data) {
 		t.Fatal("large read differs")
 	}
-	if err := f.Truncate(80 << 20); err != nil {
+	if err := f.Truncate(8 << 20); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.Truncate(1 << 20); err == nil {
