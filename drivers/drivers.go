@@ -9,4 +9,5 @@ import (
 	_ "vdisk/format/raw"
 	_ "vdisk/format/vhd"
 	_ "vdisk/protocol/file"
+	_ "vdisk/protocol/nbd"
 )
