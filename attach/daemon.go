@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -155,6 +156,14 @@ func (d *Daemon) Shutdown() {
 
 func (d *Daemon) handle(conn *net.UnixConn) {
 	defer conn.Close()
+	defer func() {
+		// A bug in one request must not take down every attached unit.
+		if r := recover(); r != nil {
+			d.log.Error("internal error", "panic", r, "stack", string(debug.Stack()))
+			b, _ := json.Marshal(&ctl.Response{Version: ctl.Version, Errno: "EIO", Error: fmt.Sprintf("internal error: %v", r)})
+			conn.Write(append(b, '\n'))
+		}
+	}()
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
 	resp := &ctl.Response{Version: ctl.Version}
 	cred, err := peerCred(conn)
@@ -315,7 +324,7 @@ func (d *Daemon) detach(u *Unit, force bool) error {
 
 // attach opens the image, mounts its FUSE file and binds a loop device.
 // On any failure everything made so far is undone.
-func (d *Daemon) attach(a *ctl.AttachArgs, cred *unix.Ucred) (u *Unit, err error) {
+func (d *Daemon) attach(a *ctl.AttachArgs, cred *unix.Ucred) (_ *Unit, err error) {
 	secbits := a.SecBits
 	if secbits == 0 {
 		secbits = 9
@@ -328,6 +337,7 @@ func (d *Daemon) attach(a *ctl.AttachArgs, cred *unix.Ucred) (u *Unit, err error
 	if err != nil {
 		return nil, err
 	}
+	u := &Unit{ID: id, File: a.File, ReadOnly: a.ReadOnly, SecBits: secbits}
 	defer func() {
 		d.mu.Lock()
 		delete(d.reserved, id)
@@ -339,7 +349,6 @@ func (d *Daemon) attach(a *ctl.AttachArgs, cred *unix.Ucred) (u *Unit, err error
 			d.saveState()
 		}
 	}()
-	u = &Unit{ID: id, File: a.File, ReadOnly: a.ReadOnly, SecBits: secbits}
 	if a.MemSize > 0 {
 		u.File = fmt.Sprintf("mem:%d", a.MemSize)
 	}
