@@ -270,7 +270,7 @@ func (u *Unit) detach(force bool) error {
 	defer u.mu.Unlock()
 	if u.dev != nil && !force {
 		if why := u.dev.Users(); len(why) > 0 {
-			return withErrno(syscall.EBUSY, "%s: device %s is busy: %s (use -f to force)", u.Name(), u.dev.Path, strings.Join(why, "; "))
+			return withErrno(syscall.EBUSY, "%s: device %s is busy: %s; use -f to force", u.Name(), u.dev.Path, strings.Join(why, "; "))
 		}
 	}
 	var errs []error

@@ -172,7 +172,14 @@ type Error struct {
 	Msg   string
 }
 
-func (e *Error) Error() string { return e.Msg }
+// Error is the daemon's message with the errno's name, as in
+// "vd3: no such unit attached (ENXIO)".
+func (e *Error) Error() string {
+	if e.Errno == 0 || e.Errno == syscall.EIO {
+		return e.Msg
+	}
+	return e.Msg + " (" + ErrnoName(e.Errno) + ")"
+}
 
 // Is lets errors.Is(err, syscall.EBUSY) see the errno.
 func (e *Error) Is(target error) bool {
