@@ -362,6 +362,9 @@ func (d *Daemon) attach(a *ctl.AttachArgs, cred *unix.Ucred) (_ *Unit, err error
 		return nil, err
 	}
 	u.img, u.Path, u.Format = img, path, format
+	if img.Size() < 1<<secbits {
+		return nil, withErrno(syscall.EINVAL, "%s: the image is smaller than one %d-byte sector (virtual size %d)", u.File, 1<<secbits, img.Size())
+	}
 	if path != "" {
 		if f, err := os.OpenFile(path, unix.O_PATH|unix.O_CLOEXEC, 0); err == nil {
 			u.statFile = f

@@ -143,7 +143,11 @@ func openImage(a *ctl.AttachArgs, peer *unix.Ucred) (img block.Image, path, form
 		if strings.Contains(err.Error(), "read-only file system") {
 			return nil, "", "", withErrno(syscall.EROFS, "%s: %v; use -r to attach it read-only", a.File, err)
 		}
-		return nil, "", "", withErrno(syscall.EINVAL, "%s: %v", a.File, relName(err, path, a.File))
+		msg := relName(err, path, a.File)
+		if !strings.Contains(msg, a.File) {
+			msg = a.File + ": " + msg
+		}
+		return nil, "", "", withErrno(syscall.EINVAL, "%s", msg)
 	}
 	info, ierr := img.Info()
 	format = a.Format
