@@ -305,6 +305,9 @@ func (c *Client) List() ([]UnitInfo, error) {
 	if err != nil {
 		return nil, err
 	}
+	if resp.Units == nil {
+		return []UnitInfo{}, nil
+	}
 	return resp.Units, nil
 }
 
