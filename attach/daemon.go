@@ -371,6 +371,7 @@ func (d *Daemon) attach(a *ctl.AttachArgs, cred *unix.Ucred) (_ *Unit, err error
 		}
 	}
 	u.ptFile = passthroughFile(img, a)
+	adviseRandom(img)
 	dir := filepath.Join(d.cfg.StateDir, ctl.FUSEDir, u.Name())
 	os.RemoveAll(dir) // an empty leftover; RemoveAll never crosses a live mount's contents here
 	if err := os.MkdirAll(dir, 0o700); err != nil {

@@ -335,3 +335,16 @@ func (u *Unit) detach(force bool) error {
 	}
 	return nil
 }
+
+// adviseRandom turns off the kernel's readahead on a raw image's file: the
+// loop device above reads ahead already, and a block device's small random
+// reads would otherwise each pull in a readahead window of the file.
+func adviseRandom(img block.Image) {
+	r, ok := img.(*raw.Image)
+	if !ok {
+		return
+	}
+	if of, ok := r.File().(interface{ OS() *os.File }); ok {
+		unix.Fadvise(int(of.OS().Fd()), 0, 0, unix.FADV_RANDOM)
+	}
+}

@@ -148,7 +148,26 @@ func Mount(img block.Image, dir string, opts Options) (*Export, error) {
 		return nil, fmt.Errorf("fuse: mounting %s: %w", dir, err)
 	}
 	e.server = server
+	if opts.Passthrough != nil && !e.probePassthrough() {
+		// The kernel refuses backing files (no CAP_PASSTHROUGH, not
+		// privileged, stacking too deep): serve every request instead.
+		e.opts.Passthrough = nil
+	}
 	return e, nil
+}
+
+// probePassthrough registers the backing file once to learn whether the
+// kernel accepts it; the registration for real happens at open.
+func (e *Export) probePassthrough() bool {
+	if e.server.KernelSettings().Flags64()&gofuse.CAP_PASSTHROUGH == 0 {
+		return false
+	}
+	id, errno := e.server.RegisterBackingFd(&gofuse.BackingMap{Fd: int32(e.opts.Passthrough.Fd())})
+	if errno != 0 {
+		return false
+	}
+	e.server.UnregisterBackingFd(id)
+	return true
 }
 
 // Path is the file the loop device goes on.
