@@ -370,7 +370,10 @@ func (d *Daemon) attach(a *ctl.AttachArgs, cred *unix.Ucred) (_ *Unit, err error
 			u.statFile = f
 		}
 	}
-	u.ptFile = passthroughFile(img, a)
+	if !d.cfg.Trace {
+		// Passthrough I/O never reaches the daemon, so a trace would miss it.
+		u.ptFile = passthroughFile(img, a)
+	}
 	adviseRandom(img)
 	dir := filepath.Join(d.cfg.StateDir, ctl.FUSEDir, u.Name())
 	os.RemoveAll(dir) // an empty leftover; RemoveAll never crosses a live mount's contents here
