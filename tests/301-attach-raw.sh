@@ -7,7 +7,7 @@
 qemu-img create -f raw disk.img 48M >/dev/null
 echo "== attach (the daemon starts)"
 attach -f raw disk.img 2>&1
-$VDISK list | filter
+$VDISK list --counters=false | filter
 mkfs.ext4 -q "$dev" && echo mkfs ok
 mnt "$dev" mnt
 copy_tree src
@@ -16,7 +16,7 @@ diff -r -x lost+found src mnt && echo "tree identical"
 sync
 umnt mnt
 $VDISK detach "$unit" && echo "detached"
-$VDISK list | filter
+$VDISK list --counters=false | filter
 echo "== read-only attach, fsck"
 attach -r -f raw disk.img
 fsck.ext4 -n -f "$dev" >fsck.log 2>&1 && echo "fsck clean" || cat fsck.log
@@ -38,12 +38,12 @@ $VDISK detach vd0
 attach -r -f raw "$TEST_DIR/sub/disk.img"
 $VDISK list --output json | jq -r '.[].file'
 $VDISK detach vd0
-$VDISK list | filter
+$VDISK list --counters=false | filter
 echo "== mem"
 attach --mem 32M
 mkfs.ext4 -q "$dev" && mnt "$dev" mnt && copy_tree mnt && diff -r -x lost+found src mnt && echo "mem tree identical"
 umnt mnt
-$VDISK list | filter
+$VDISK list --counters=false | filter
 $VDISK detach "$unit"
 stop_daemon
 ls "$VDISK_STATE_DIR"

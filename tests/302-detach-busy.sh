@@ -19,7 +19,7 @@ for mode in passthrough userspace; do
 	echo "-- mounted"
 	$VDISK detach "$unit" 2>&1 | filter
 	echo "exit ${PIPESTATUS[0]}"
-	$VDISK list | filter
+	$VDISK list --counters=false | filter
 	umnt mnt
 	echo "-- open by a process"
 	exec 7<>"$dev"
@@ -30,7 +30,7 @@ for mode in passthrough userspace; do
 	jq -r '.[].unit' list.json
 	dd if="$dev" of=/dev/null bs=4k count=1 iflag=direct status=none <&7 && echo "read before -f ok"
 	$VDISK detach -f "$unit" 7>&- && echo "forced detach ok"
-	$VDISK list 7>&- | filter
+	$VDISK list --counters=false 7>&- | filter
 	timeout 10 dd of=/dev/null bs=4k count=1 iflag=direct status=none <&7 2>&1 | sed 's/.*: //'
 	timeout 10 dd if=/dev/zero of=/dev/stdout bs=4k count=1 seek=100 oflag=direct status=none 2>&1 >&7 | sed 's/.*: //'
 	exec 7>&-

@@ -30,7 +30,7 @@ done
 echo "=== read-only image file without -r"
 chmod 444 disk.img
 $VDISK attach -f raw disk.img; echo "exit $?"
-$VDISK list
+$VDISK list --counters=false
 grep -c "^$VDISK_STATE_DIR/" /sys/block/loop*/loop/backing_file 2>/dev/null | grep -v ':0$'
 ls "$VDISK_STATE_DIR/fuse"
 attach -r -f raw disk.img && $VDISK detach "$unit"
@@ -49,7 +49,7 @@ $VDISK attach -f nosuchformat disk.img 2>&1 | sed "s/ (known formats[^)]*)//"
 $VDISK attach --mem 0; echo "exit $?"
 : >empty.img
 $VDISK attach -f raw empty.img; echo "exit $?"
-$VDISK list
+$VDISK list --counters=false
 ls "$VDISK_STATE_DIR/fuse"
 grep -c "^$VDISK_STATE_DIR/" /sys/block/loop*/loop/backing_file 2>/dev/null | grep -v ':0$'
 echo done

@@ -7,7 +7,7 @@ qemu-img create -f raw disk.img 32M >/dev/null
 echo "=== -s 12"
 attach -f raw -s 12 disk.img 2>/dev/null
 blockdev --getss "$dev"
-$VDISK list | filter
+$VDISK list --counters=false | filter
 copy_tree src
 mkfs.ext4 -q "$dev" && mnt "$dev" mnt && copy_tree mnt && diff -r -x lost+found src mnt && echo "tree identical"
 umnt mnt
@@ -17,7 +17,7 @@ attach -f raw -s 9 disk.img >/dev/null && blockdev --getss "$dev" && $VDISK deta
 attach -f raw -s 0 disk.img >/dev/null && blockdev --getss "$dev" && $VDISK detach "$unit"
 echo "=== -s 7, -s 20, -s 13"
 for s in 7 20 13; do $VDISK attach -f raw -s $s disk.img; echo "exit $?"; done
-$VDISK list
+$VDISK list --counters=false
 echo "=== -u"
 attach -u vd3 -f raw disk.img
 attach -u 3 --mem 1M; echo "exit $?"
@@ -25,9 +25,9 @@ attach -u vd3 --mem 1M; echo "exit $?"
 attach -u bogus --mem 1M; echo "exit $?"
 attach --mem 1M
 attach --mem 1M
-$VDISK list | filter
+$VDISK list --counters=false | filter
 blockdev --getsize64 "$dev"
 $VDISK detach vd0
 $VDISK detach vd1
 $VDISK detach vd3
-$VDISK list
+$VDISK list --counters=false

@@ -39,11 +39,11 @@ func init() {
 	var stateDir, output string
 	var counters bool
 	c := &cobra.Command{
-		Use:   "list [--output human|json] [--counters]",
+		Use:   "list [--output human|json] [--counters=false]",
 		Short: "List attached units",
 		Long: `List attached units: the device, the image file name exactly as given at
-attach, format, read-only, sector size, virtual size and, with --counters
-(always in JSON), the I/O counters.`,
+attach, format, read-only, sector size, virtual size, and the I/O
+counters: requests served, bytes, flushes, discards and errors.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(output); err != nil {
@@ -75,6 +75,6 @@ attach, format, read-only, sector size, virtual size and, with --counters
 	}
 	addStateDirFlag(c, &stateDir)
 	c.Flags().StringVar(&output, "output", "human", "output format: human or json")
-	c.Flags().BoolVar(&counters, "counters", false, "show I/O counters in human output")
+	c.Flags().BoolVar(&counters, "counters", true, "show I/O counters in human output (--counters=false hides them)")
 	rootCmd.AddCommand(c)
 }
