@@ -182,3 +182,11 @@ var (
 	ErrClosed        = errors.New("image is closed")
 	ErrUnknownFormat = errors.New("unknown format")
 )
+
+// CompressedWriter is implemented by images that can store data
+// compressed (qemu-img convert -c). WriteCompressed writes whole clusters:
+// off is cluster-aligned and len(p) a multiple of the cluster size (only
+// the image's last cluster may be shorter).
+type CompressedWriter interface {
+	WriteCompressed(p []byte, off int64) error
+}

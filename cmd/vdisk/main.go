@@ -45,6 +45,10 @@ var rootCmd = &cobra.Command{
 	},
 }
 
+// argFixups rewrite the command line before flag parsing, for commands
+// whose arguments look like flags.
+var argFixups []func([]string) []string
+
 func main() {
 	rootCmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return exitCode(1, fmt.Errorf("%w\nTry 'vdisk help %s' for more information.", err, c.Name()))
@@ -61,6 +65,9 @@ func run(args []string) (code int) {
 			code = 1
 		}
 	}()
+	for _, f := range argFixups {
+		args = f(args)
+	}
 	rootCmd.SetArgs(args)
 	err := rootCmd.Execute()
 	if err == nil {

@@ -21,7 +21,7 @@ var Format = &block.Format{
 	Create: create,
 	CreateOptions: []block.OptionSpec{
 		{Name: "size", Type: block.OptSize, Help: "Virtual disk size"},
-		{Name: "preallocation", Type: block.OptString, Default: "off", Help: "Preallocation mode (allowed values: off, falloc, full)"},
+		{Name: "preallocation", Type: block.OptString, Help: "Preallocation mode (allowed values: off, falloc, full)"},
 	},
 }
 
@@ -55,11 +55,23 @@ func create(f block.File, opts block.Options) error {
 	if size < 0 {
 		return errors.New("raw: image size must be specified")
 	}
+	// qemu-img rounds raw images up to whole sectors; so do we, so that
+	// both tools make the same file.
+	if size > 1<<63-1-511 {
+		return fmt.Errorf("raw: image size %d is too large", size)
+	}
+	size = (size + 511) &^ 511
 	if err := f.Truncate(size); err != nil {
 		return fmt.Errorf("raw: truncate: %w", err)
 	}
 	switch mode := opts.String("preallocation", "off"); mode {
 	case "off":
+		// Like QEMU's file-posix (allocate_first_block), write the first
+		// block so that probing the alignment of the new file works and
+		// `map` shows the same extents as for an image qemu-img made.
+		if err := allocateFirstBlock(f, size); err != nil {
+			return fmt.Errorf("raw: %w", err)
+		}
 	case "falloc":
 		a, ok := f.(block.Allocator)
 		if !ok {
@@ -74,6 +86,22 @@ func create(f block.File, opts block.Options) error {
 		}
 	default:
 		return fmt.Errorf("raw: invalid preallocation mode '%s' (allowed: off, falloc, full)", mode)
+	}
+	return nil
+}
+
+// allocateFirstBlock writes zeros over the first 4 KiB, or the first
+// sector of an image smaller than that.
+func allocateFirstBlock(f block.File, size int64) error {
+	if size == 0 {
+		return nil
+	}
+	n := int64(4096)
+	if size < n {
+		n = 512
+	}
+	if _, err := f.WriteAt(make([]byte, n), 0); err != nil {
+		return fmt.Errorf("allocating the first block: %w", err)
 	}
 	return nil
 }

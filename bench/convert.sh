@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Times `vdisk convert` against `qemu-img convert` on the same 2 GiB raw
+# images, one sparse (about 10% data in scattered runs) and one dense
+# (random data throughout), for raw->raw and, when vdisk has the driver,
+# raw->qcow2. Each case runs RUNS times (default 3), alternating the
+# tools; the table shows medians and vdisk's time relative to qemu-img's
+# (below 1.00 means vdisk is faster).
+#
+# Usage: bench/convert.sh [path/to/vdisk]   (env: RUNS, SIZE_MIB, BENCH_DIR)
+set -euo pipefail
+VDISK=$(realpath "${1:-./bin/vdisk}")
+RUNS=${RUNS:-3}
+SIZE_MIB=${SIZE_MIB:-2048}
+dir=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/vdisk-bench.XXXXXX")
+trap 'rm -rf "$dir"' EXIT
+
+command -v qemu-img >/dev/null || { echo "qemu-img not found" >&2; exit 1; }
+[ -x "$VDISK" ] || { echo "vdisk binary not found: $VDISK (make build)" >&2; exit 1; }
+
+echo "preparing ${SIZE_MIB} MiB images in $dir ..." >&2
+# Sparse: a 1 MiB run of random data every 10 MiB, plus some small runs.
+truncate -s "${SIZE_MIB}M" "$dir/sparse.img"
+for ((m = 0; m < SIZE_MIB; m += 10)); do
+	dd if=/dev/urandom of="$dir/sparse.img" bs=1M count=1 seek=$m conv=notrunc status=none
+	dd if=/dev/urandom of="$dir/sparse.img" bs=4k count=1 seek=$((m * 256 + 700)) conv=notrunc status=none
+done
+dd if=/dev/urandom of="$dir/dense.img" bs=1M count="$SIZE_MIB" status=none
+sync
+
+now() { date +%s.%N; }
+
+# time_one TOOL SRC FMT: seconds for one conversion, written to stdout.
+time_one() {
+	local tool=$1 src=$2 fmt=$3 out="$dir/out.img" t0 t1
+	rm -f "$out"
+	sync
+	t0=$(now)
+	case $tool in
+	qemu) qemu-img convert -f raw -O "$fmt" "$src" "$out" ;;
+	vdisk) "$VDISK" convert -f raw -O "$fmt" "$src" "$out" ;;
+	esac
+	t1=$(now)
+	rm -f "$out"
+	echo "$t1 - $t0" | bc -l
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+
+has_format() { "$VDISK" create -f "$1" -o help >/dev/null 2>&1; }
+
+printf '%-8s %-14s %12s %12s %8s\n' image conversion "qemu-img s" "vdisk s" ratio
+for img in sparse dense; do
+	for fmt in raw qcow2; do
+		label="raw->$fmt"
+		if ! has_format "$fmt"; then
+			printf '%-8s %-14s %12s %12s %8s\n' "$img" "$label" n/a n/a n/a
+			continue
+		fi
+		qs=() vs=()
+		for ((r = 0; r < RUNS; r++)); do
+			qs+=("$(time_one qemu "$dir/$img.img" "$fmt")")
+			vs+=("$(time_one vdisk "$dir/$img.img" "$fmt")")
+		done
+		q=$(printf '%s\n' "${qs[@]}" | median)
+		v=$(printf '%s\n' "${vs[@]}" | median)
+		printf '%-8s %-14s %12.3f %12.3f %8.2f\n' "$img" "$label" "$q" "$v" "$(echo "$v / $q" | bc -l)"
+	done
+done
+echo "($(nproc) CPUs; medians of $RUNS runs; page cache warm; targets flushed to disk by both tools)"

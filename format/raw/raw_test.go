@@ -1,0 +1,247 @@
+package raw_test
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+
+	"vdisk/block"
+	"vdisk/format/raw"
+	_ "vdisk/protocol/file"
+)
+
+// A stand-in for qcow2, so the probe guard can be tested without it.
+func init() {
+	block.Register(&block.Format{
+		Name: "fakeqcow",
+		Probe: func(head, tail []byte, name string) int {
+			if bytes.HasPrefix(head, []byte("QFI\xfb")) {
+				return 100
+			}
+			return 0
+		},
+	})
+}
+
+func create(t *testing.T, size int64, prealloc string) string {
+	t.Helper()
+	name := t.TempDir() + "/r.img"
+	opts := block.Options{"size": size}
+	if prealloc != "" {
+		opts["preallocation"] = prealloc
+	}
+	if err := block.Create(name, "raw", opts); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+func allocated(t *testing.T, name string) int64 {
+	t.Helper()
+	f, err := os.Open(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := block.Open(name, block.OpenOptions{Format: "raw", ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	in, _ := img.Info()
+	return in.ActualSize
+}
+
+func open(t *testing.T, name string, opts block.OpenOptions) block.Image {
+	t.Helper()
+	img, err := block.Open(name, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { img.Close() })
+	return img
+}
+
+func TestCreatePreallocation(t *testing.T) {
+	const size = 4 << 20
+	for _, c := range []struct {
+		mode     string
+		min, max int64
+	}{
+		{"", 4096, 64 << 10}, // sparse, only the first block written
+		{"off", 4096, 64 << 10},
+		{"falloc", size, size + 1<<20},
+		{"full", size, size + 1<<20},
+	} {
+		name := create(t, size, c.mode)
+		st, _ := os.Stat(name)
+		if st.Size() != size {
+			t.Errorf("%q: size %d", c.mode, st.Size())
+		}
+		if a := allocated(t, name); a < c.min || a > c.max {
+			t.Errorf("preallocation=%q: %d bytes allocated, want %d..%d", c.mode, a, c.min, c.max)
+		}
+	}
+	if err := block.Create(t.TempDir()+"/x", "raw", block.Options{"size": int64(1), "preallocation": "metadata"}); err == nil {
+		t.Error("preallocation=metadata accepted")
+	}
+	if err := block.Create(t.TempDir()+"/x", "raw", block.Options{}); err == nil {
+		t.Error("create without size accepted")
+	}
+}
+
+// Like qemu-img, sizes round up to whole sectors and the first block is
+// written, so that map shows it as data.
+func TestCreateMatchesQEMULayout(t *testing.T) {
+	name := create(t, 5000, "")
+	st, _ := os.Stat(name)
+	if st.Size() != 5120 {
+		t.Errorf("size %d, want 5120", st.Size())
+	}
+	img := open(t, name, block.OpenOptions{Format: "raw", ReadOnly: true})
+	exts, err := block.MapChain(img, 0, img.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(exts) != 2 || exts[0].Length != 4096 || exts[0].Status&block.StatusData == 0 || exts[1].Status&block.StatusZero == 0 {
+		t.Errorf("map %v", exts)
+	}
+	small := create(t, 100, "")
+	if st, _ := os.Stat(small); st.Size() != 512 {
+		t.Errorf("100-byte image is %d bytes, want 512", st.Size())
+	}
+}
+
+func TestBlockStatusFollowsHoles(t *testing.T) {
+	name := create(t, 1<<20, "")
+	img := open(t, name, block.OpenOptions{Format: "raw"})
+	data := bytes.Repeat([]byte{7}, 64<<10)
+	img.WriteAt(data, 256<<10)
+	img.WriteAt(data, 512<<10)
+	exts, err := img.BlockStatus(0, img.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	type run struct {
+		off, n int64
+		data   bool
+	}
+	var got []run
+	for _, e := range exts {
+		got = append(got, run{e.Offset, e.Length, e.Status&block.StatusData != 0})
+		if e.HostOffset != e.Offset {
+			t.Errorf("raw extent host offset %d != %d", e.HostOffset, e.Offset)
+		}
+	}
+	want := []run{{0, 4096, true}, {4096, 256<<10 - 4096, false}, {256 << 10, 64 << 10, true},
+		{320 << 10, 192 << 10, false}, {512 << 10, 64 << 10, true}, {576 << 10, 448 << 10, false}}
+	if len(got) != len(want) {
+		t.Fatalf("extents %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("extent %d: %v, want %v", i, got[i], want[i])
+		}
+	}
+	// Discard punches a hole; WriteZeroes with unmap too; both read zeros.
+	if err := img.Discard(256<<10, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.WriteZeroes(512<<10, 32<<10, block.ZeroMayUnmap); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.WriteZeroes(544<<10, 4096, 0); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	img.ReadAt(buf, 0)
+	if !block.IsZero(buf[256<<10:548<<10]) || buf[548<<10] != 7 || buf[576<<10-1] != 7 {
+		t.Error("zeroed ranges do not read as zeros, or too much was zeroed")
+	}
+	exts, _ = img.BlockStatus(256<<10, 64<<10)
+	if len(exts) != 1 || exts[0].Status != block.StatusZero {
+		t.Errorf("discarded range: %v", exts)
+	}
+	exts, _ = img.BlockStatus(512<<10, 32<<10)
+	if len(exts) != 1 || exts[0].Status != block.StatusZero {
+		t.Errorf("unmapped zero range: %v", exts)
+	}
+}
+
+func TestReadWriteBounds(t *testing.T) {
+	img := open(t, create(t, 8192, ""), block.OpenOptions{Format: "raw"})
+	if _, err := img.WriteAt([]byte{1}, 8192); !errors.Is(err, block.ErrOutOfRange) {
+		t.Errorf("write past the end: %v", err)
+	}
+	if _, err := img.ReadAt(make([]byte, 2), 8191); !errors.Is(err, block.ErrOutOfRange) {
+		t.Errorf("read past the end: %v", err)
+	}
+	if err := img.Discard(-1, 10); err == nil {
+		t.Error("negative discard accepted")
+	}
+	ro := open(t, create(t, 8192, ""), block.OpenOptions{Format: "raw", ReadOnly: true})
+	if _, err := ro.WriteAt([]byte{1}, 0); !errors.Is(err, block.ErrReadOnly) {
+		t.Errorf("write to read-only: %v", err)
+	}
+	if err := ro.(block.Resizer).Resize(1, true); !errors.Is(err, block.ErrReadOnly) {
+		t.Errorf("resize of read-only: %v", err)
+	}
+}
+
+func TestProbedRawRefusesFormatHeader(t *testing.T) {
+	name := create(t, 1<<20, "")
+	header := []byte("QFI\xfb\x00\x00\x00\x03")
+	probed := open(t, name, block.OpenOptions{})
+	_, err := probed.WriteAt(header, 0)
+	if err == nil || !strings.Contains(err.Error(), "-f raw") || !strings.Contains(err.Error(), "fakeqcow") {
+		t.Fatalf("probed raw accepted a format header: %v", err)
+	}
+	// Writes elsewhere, and harmless writes to sector 0, still work.
+	if _, err := probed.WriteAt([]byte("hello"), 0); err != nil {
+		t.Errorf("harmless write to sector 0: %v", err)
+	}
+	if _, err := probed.WriteAt(header, 4096); err != nil {
+		t.Errorf("header bytes past the probed area: %v", err)
+	}
+	// Byte by byte, the last byte completes the magic and is refused.
+	probed.WriteAt([]byte("QFI"), 0)
+	if _, err := probed.WriteAt([]byte{0xfb}, 3); err == nil {
+		t.Error("completing the magic byte by byte was accepted")
+	}
+	probed.Close()
+	explicit := open(t, name, block.OpenOptions{Format: "raw"})
+	if _, err := explicit.WriteAt(header, 0); err != nil {
+		t.Errorf("-f raw refused the write: %v", err)
+	}
+}
+
+func TestResize(t *testing.T) {
+	name := create(t, 1<<20, "")
+	img := open(t, name, block.OpenOptions{Format: "raw"})
+	r := img.(block.Resizer)
+	img.WriteAt([]byte{9}, 1<<20-1)
+	if err := r.Resize(2<<20, false); err != nil || img.Size() != 2<<20 {
+		t.Fatalf("grow: %v size %d", err, img.Size())
+	}
+	if err := r.Resize(1<<19, false); err == nil || !strings.Contains(err.Error(), "--shrink") {
+		t.Errorf("shrink without flag: %v", err)
+	}
+	if err := r.Resize(1<<19, true); err != nil || img.Size() != 1<<19 {
+		t.Errorf("shrink: %v", err)
+	}
+	if st, _ := os.Stat(name); st.Size() != 1<<19 {
+		t.Errorf("file size %d", st.Size())
+	}
+	if err := r.Resize(-1, true); err == nil {
+		t.Error("negative size accepted")
+	}
+}
+
+func TestFileAccessor(t *testing.T) {
+	img := open(t, create(t, 4096, ""), block.OpenOptions{Format: "raw"})
+	if img.(*raw.Image).File() == nil {
+		t.Error("no container")
+	}
+}

@@ -1,0 +1,397 @@
+package imgtool
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"vdisk/block"
+)
+
+// Defaults of the convert engine, as qemu-img's.
+const (
+	DefaultChunkSize = 2 << 20 // bytes per request
+	DefaultWorkers   = 8       // requests in flight (-m)
+	DefaultSparse    = 4096    // -S: shortest run of zeros left unallocated
+	MaxWorkers       = 16
+)
+
+// CopyOptions steer the copy engine.
+type CopyOptions struct {
+	// Sparse is the shortest run of zero bytes, aligned to its own size,
+	// that is skipped rather than written (-S). 0 writes every byte,
+	// zeros included, so the target ends up fully allocated.
+	Sparse int64
+	// Compress writes full clusters with block.CompressedWriter.
+	Compress bool
+	// OutOfOrder lets writes complete in any order (-W). Without it each
+	// chunk is written only after the one before it, so formats that
+	// allocate as they go lay the target out in guest order.
+	OutOfOrder bool
+	// Workers is the number of requests in flight (-m).
+	Workers int
+	// ChunkSize is the size of one request.
+	ChunkSize int64
+	// TargetZeroed tells the engine that the target already reads as
+	// zeros (a freshly created image), so zero ranges need no writes.
+	TargetZeroed bool
+	// Progress, if set, is called with bytes done and the total, from any
+	// goroutine, after each chunk.
+	Progress func(done, total int64)
+}
+
+func (o *CopyOptions) normalize() error {
+	if o.Workers == 0 {
+		o.Workers = DefaultWorkers
+	}
+	if o.Workers < 1 || o.Workers > MaxWorkers {
+		return fmt.Errorf("invalid number of parallel requests %d (allowed: 1 to %d)", o.Workers, MaxWorkers)
+	}
+	if o.ChunkSize <= 0 {
+		o.ChunkSize = DefaultChunkSize
+	}
+	if o.Sparse < 0 || o.Sparse%512 != 0 || o.Sparse > 16<<20 {
+		return fmt.Errorf("invalid sparse size %d: it must be a multiple of 512 up to 16 MiB", o.Sparse)
+	}
+	if o.Sparse > 0 && o.ChunkSize%o.Sparse != 0 {
+		o.ChunkSize = (o.ChunkSize + o.Sparse - 1) / o.Sparse * o.Sparse
+	}
+	return nil
+}
+
+type copyJob struct {
+	seq  int64
+	off  int64
+	n    int64
+	zero bool // the source reads as zeros here
+}
+
+// Copy copies the content of src into dst, which must be at least as large.
+// It walks src's block status to skip holes, reads data in large chunks
+// with several workers and leaves zero runs unallocated.
+func Copy(src, dst block.Image, o CopyOptions) error {
+	if err := o.normalize(); err != nil {
+		return err
+	}
+	size := src.Size()
+	if dst.Size() < size {
+		return fmt.Errorf("target is smaller (%d bytes) than the source (%d bytes)", dst.Size(), size)
+	}
+	var cw block.CompressedWriter
+	cluster := int64(0)
+	if o.Compress {
+		var ok bool
+		cw, ok = dst.(block.CompressedWriter)
+		if !ok {
+			return errors.New("compression not supported for this file format")
+		}
+		info, err := dst.Info()
+		if err != nil {
+			return err
+		}
+		cluster = info.ClusterSize
+		if cluster <= 0 {
+			cluster = 64 << 10
+		}
+		if o.ChunkSize%cluster != 0 {
+			o.ChunkSize = (o.ChunkSize + cluster - 1) / cluster * cluster
+		}
+	}
+
+	c := &copier{src: src, dst: dst, o: o, cw: cw, cluster: cluster, size: size}
+	c.cond = sync.NewCond(&c.mu)
+	jobs := make(chan copyJob, o.Workers)
+	var wg sync.WaitGroup
+	for range o.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, o.ChunkSize)
+			for j := range jobs {
+				if c.failed.Load() {
+					continue
+				}
+				if err := c.do(j, buf); err != nil {
+					c.fail(err)
+				}
+			}
+		}()
+	}
+	perr := c.produce(jobs)
+	close(jobs)
+	wg.Wait()
+	if perr != nil {
+		return perr
+	}
+	if err := c.error(); err != nil {
+		return err
+	}
+	return dst.Flush()
+}
+
+type copier struct {
+	src, dst block.Image
+	o        CopyOptions
+	cw       block.CompressedWriter
+	cluster  int64
+	size     int64
+	done     atomic.Int64
+
+	mu        sync.Mutex
+	cond      *sync.Cond
+	nextWrite int64 // seq of the job whose writes may go next (ordered mode)
+	err       error
+	failed    atomic.Bool
+}
+
+func (c *copier) fail(err error) {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.failed.Store(true)
+	c.cond.Broadcast()
+	c.mu.Unlock()
+}
+
+func (c *copier) error() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// produce turns src's block status into chunk-sized jobs, in guest order.
+func (c *copier) produce(jobs chan<- copyJob) error {
+	const window = 1 << 30 // block status asked a bounded range at a time
+	seq := int64(0)
+	for off := int64(0); off < c.size; {
+		exts, err := block.MapChain(c.src, off, min(window, c.size-off))
+		if err != nil {
+			return fmt.Errorf("reading block status at offset %d: %w", off, err)
+		}
+		for _, e := range exts {
+			zero := e.Status&block.StatusZero != 0
+			if zero && c.o.TargetZeroed && c.o.Sparse > 0 {
+				c.progress(e.Length)
+				continue
+			}
+			for p, end := e.Offset, e.Offset+e.Length; p < end; {
+				// Chunks end on ChunkSize boundaries so requests stay aligned.
+				n := min(end, (p/c.o.ChunkSize+1)*c.o.ChunkSize) - p
+				if c.failed.Load() {
+					return nil
+				}
+				jobs <- copyJob{seq: seq, off: p, n: n, zero: zero}
+				seq++
+				p += n
+			}
+		}
+		off += sumLen(exts)
+	}
+	return nil
+}
+
+func sumLen(exts []block.Extent) int64 {
+	var n int64
+	for _, e := range exts {
+		n += e.Length
+	}
+	return n
+}
+
+func (c *copier) progress(n int64) {
+	d := c.done.Add(n)
+	if c.o.Progress != nil {
+		c.o.Progress(d, c.size)
+	}
+}
+
+// do reads one chunk and writes what is not zero, in order unless -W.
+func (c *copier) do(j copyJob, buf []byte) error {
+	b := buf[:j.n]
+	if j.zero {
+		clear(b)
+	} else if _, err := c.src.ReadAt(b, j.off); err != nil {
+		return fmt.Errorf("error while reading at byte %d: %w", j.off, err)
+	}
+	if !c.o.OutOfOrder {
+		c.mu.Lock()
+		for c.nextWrite != j.seq && c.err == nil {
+			c.cond.Wait()
+		}
+		failed := c.err != nil
+		c.mu.Unlock()
+		if failed {
+			return nil
+		}
+		defer func() {
+			c.mu.Lock()
+			c.nextWrite++
+			c.cond.Broadcast()
+			c.mu.Unlock()
+		}()
+	}
+	if err := c.write(b, j.off); err != nil {
+		return fmt.Errorf("error while writing at byte %d: %w", j.off, err)
+	}
+	c.progress(j.n)
+	return nil
+}
+
+// write stores b at off, skipping or zeroing runs of zero blocks.
+func (c *copier) write(b []byte, off int64) error {
+	if c.o.Sparse == 0 {
+		return c.writeData(b, off)
+	}
+	gran := c.o.Sparse
+	if c.cw != nil {
+		gran = c.cluster
+	}
+	if block.IsZero(b) {
+		return c.writeZero(off, int64(len(b)))
+	}
+	// Walk blocks aligned to gran; a run of zero blocks is skipped, a
+	// run of others written in one request.
+	runStart, runZero := int64(0), false
+	for p := int64(0); p < int64(len(b)); {
+		q := min(int64(len(b)), ((off+p)/gran+1)*gran-off)
+		z := block.IsZero(b[p:q])
+		if p == 0 {
+			runZero = z
+		} else if z != runZero {
+			if err := c.flushRun(b[runStart:p], off+runStart, runZero); err != nil {
+				return err
+			}
+			runStart, runZero = p, z
+		}
+		p = q
+	}
+	return c.flushRun(b[runStart:], off+runStart, runZero)
+}
+
+func (c *copier) flushRun(b []byte, off int64, zero bool) error {
+	if zero {
+		return c.writeZero(off, int64(len(b)))
+	}
+	return c.writeData(b, off)
+}
+
+func (c *copier) writeZero(off, n int64) error {
+	if c.o.TargetZeroed {
+		return nil
+	}
+	return c.dst.WriteZeroes(off, n, block.ZeroMayUnmap)
+}
+
+func (c *copier) writeData(b []byte, off int64) error {
+	if c.cw == nil {
+		_, err := c.dst.WriteAt(b, off)
+		return err
+	}
+	// Whole clusters go compressed; a partial one at the very end of the
+	// image is compressed too when it is the image's last cluster.
+	for p := int64(0); p < int64(len(b)); {
+		q := min(int64(len(b)), ((off+p)/c.cluster+1)*c.cluster-off)
+		full := (off+p)%c.cluster == 0 && (q-p == c.cluster || off+q == c.dst.Size())
+		var err error
+		if full {
+			err = c.cw.WriteCompressed(b[p:q], off+p)
+		} else {
+			_, err = c.dst.WriteAt(b[p:q], off+p)
+		}
+		if err != nil {
+			return err
+		}
+		p = q
+	}
+	return nil
+}
+
+// ConvertOptions are vdisk convert's settings.
+type ConvertOptions struct {
+	SrcFormat string // -f; empty probes
+	DstFormat string // -O; empty means raw
+	// CreateOptions is the -o string for the target's format.
+	CreateOptions string
+	// NoCreate writes into an existing target (-n) instead of creating it.
+	NoCreate   bool
+	ForceShare bool  // -U for the source
+	CacheSize  int64 // read cache for the source
+	Copy       CopyOptions
+}
+
+// Convert copies image src into a new image dst of another format. The
+// target gets the source's virtual size; a target that fails half way is
+// removed if this call created it.
+func Convert(src, dst string, o ConvertOptions) (err error) {
+	in, err := block.Open(src, block.OpenOptions{Format: o.SrcFormat, ReadOnly: true, ForceShare: o.ForceShare, CacheSize: o.CacheSize})
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	dstFmt := o.DstFormat
+	if dstFmt == "" {
+		dstFmt = "raw"
+	}
+	created := false
+	if !o.NoCreate {
+		opts, err := CreateOptionsFor(dstFmt, o.CreateOptions, in.Size())
+		if err != nil {
+			return err
+		}
+		if err := block.Create(dst, dstFmt, opts); err != nil {
+			return err
+		}
+		created = block.IsLocalName(dst)
+	}
+	out, err := block.Open(dst, block.OpenOptions{Format: dstFmt})
+	if err != nil {
+		if created {
+			os.Remove(dst)
+		}
+		return err
+	}
+	cp := o.Copy
+	cp.TargetZeroed = !o.NoCreate
+	cerr := Copy(in, out, cp)
+	if cerr != nil {
+		cerr = fmt.Errorf("%s: %w", dst, cerr)
+	}
+	if err := out.Close(); err != nil && cerr == nil {
+		cerr = fmt.Errorf("%s: %w", dst, err)
+	}
+	if cerr != nil && created {
+		os.Remove(dst)
+	}
+	return cerr
+}
+
+// CreateOptionsFor parses an -o string for format and sets the size
+// unless the string gives one.
+func CreateOptionsFor(format, optStr string, size int64) (block.Options, error) {
+	f, err := block.Lookup(format)
+	if err != nil {
+		return nil, err
+	}
+	pairs, err := block.SplitOptionString(optStr)
+	if err != nil {
+		return nil, err
+	}
+	hasSize := false
+	for _, p := range pairs {
+		if p[0] == "size" {
+			hasSize = true
+		}
+	}
+	if !hasSize && size >= 0 {
+		pairs = append(pairs, [2]string{"size", strconv.FormatInt(size, 10)})
+	}
+	opts, err := block.ParseOptions(f.CreateOptions, pairs)
+	if err != nil {
+		return nil, fmt.Errorf("invalid options for format '%s': %w", f.Name, err)
+	}
+	return opts, nil
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# vdisk info: human and JSON output, backing chain, errors.
+run() { "$@"; echo "exit $?"; }
+$VDISK create -q a.img 10M
+run $VDISK info a.img
+run $VDISK info --output json a.img
+run $VDISK info --output=json --backing-chain a.img
+run $VDISK info -f raw -U --backing-chain a.img
+$VDISK info --cache-size 1M a.img | head -1
+printf 'hello' > small
+run $VDISK info small
+echo "== errors"
+run $VDISK info missing.img
+run $VDISK info --output xml a.img
+run $VDISK info -f qcow9 a.img
+run $VDISK info --cache-size lots a.img
+run $VDISK info
+run $VDISK info a.img a.img
+mkdir dir
+run $VDISK info dir

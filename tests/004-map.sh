@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# vdisk map of a sparse raw image: JSON and human, with ranges.
+run() { "$@"; echo "exit $?"; }
+$VDISK create -q a.img 4M
+$VDISK io -c 'write -P 1 64k 128k' -c 'write -P 2 1M 4k' -c 'write -P 3 3M 1M' a.img >/dev/null
+run $VDISK map a.img
+run $VDISK map --output json a.img
+run $VDISK map --output json -s 1M -l 1M a.img
+run $VDISK map --output json --start-offset 5M a.img
+run $VDISK map -U -f raw --output=human a.img
+echo "== mem"
+run $VDISK map --output json mem:1M
+echo "== errors"
+run $VDISK map nonexistent
+run $VDISK map --output yaml a.img
+run $VDISK map -s abc a.img

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Command-line basics: help, version, bad flags, missing command.
+run() { "$@"; echo "exit $?"; }
+$VDISK --version | sed 's/version .*/version X/'
+run $VDISK
+run $VDISK --bogus
+run $VDISK info --bogus x
+$VDISK help convert | head -3
+$VDISK help io | grep -c 'read \[-P PATTERN\]'
+$VDISK --help | grep -E '^  (create|info|check|convert|compare|map|resize|io) ' | awk '{print $1}'
