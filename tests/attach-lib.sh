@@ -54,7 +54,7 @@ wait_gone() {
 # loop_bound DEV: whether the kernel still binds DEV to one of our files.
 loop_bound() {
 	local n=${1#/dev/loop}
-	[ -e /sys/block/loop$n/loop/backing_file ] && grep -q "^$VDISK_STATE_DIR/" /sys/block/loop$n/loop/backing_file
+	grep -qs "^$VDISK_STATE_DIR/" /sys/block/loop$n/loop/backing_file 2>/dev/null
 }
 
 _cleanup() {
