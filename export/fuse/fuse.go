@@ -68,8 +68,11 @@ type Export struct {
 	file   *fileNode
 	Stats  Stats
 
-	// dead makes every request fail with EIO (forced detach).
+	// dead makes every request fail with EIO (forced detach). Requests
+	// hold gate for reading while they use the image, so that once Kill
+	// returns none is still in it and the image may be closed.
 	dead atomic.Bool
+	gate sync.RWMutex
 	// passthrough is set once the kernel accepted the backing file.
 	passthrough atomic.Bool
 
@@ -184,7 +187,10 @@ func (e *Export) Passthrough() bool { return e.passthrough.Load() }
 // the file reports an impossible size, and the kernel, seeing it, marks
 // the inode bad, after which every read and write fails with EIO.
 func (e *Export) Kill() {
-	if e.dead.Swap(true) {
+	e.gate.Lock()
+	was := e.dead.Swap(true)
+	e.gate.Unlock()
+	if was {
 		return
 	}
 	e.file.NotifyContent(-1, 0)
@@ -326,6 +332,18 @@ func (h *fileHandle) PassthroughFd() (int, bool) {
 	return int(h.e.opts.Passthrough.Fd()), true
 }
 
+// enter admits a request to the image, or counts an error and refuses it
+// after a forced detach. An admitted request calls e.gate.RUnlock when done.
+func (e *Export) enter() bool {
+	e.gate.RLock()
+	if e.dead.Load() {
+		e.gate.RUnlock()
+		e.Stats.Errors.Add(1)
+		return false
+	}
+	return true
+}
+
 func (e *Export) trace(op string, off, n int64, start time.Time, err error) {
 	if e.opts.Trace == nil {
 		return
@@ -357,10 +375,10 @@ func (e *Export) fail(err error) syscall.Errno {
 func (n *fileNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64) (gofuse.ReadResult, syscall.Errno) {
 	e := n.e
 	start := time.Now()
-	if e.dead.Load() {
-		e.Stats.Errors.Add(1)
+	if !e.enter() {
 		return nil, syscall.EIO
 	}
+	defer e.gate.RUnlock()
 	size := e.img.Size()
 	if off < 0 {
 		return nil, syscall.EINVAL
@@ -384,10 +402,10 @@ func (n *fileNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off i
 func (n *fileNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
 	e := n.e
 	start := time.Now()
-	if e.dead.Load() {
-		e.Stats.Errors.Add(1)
+	if !e.enter() {
 		return 0, syscall.EIO
 	}
+	defer e.gate.RUnlock()
 	if e.opts.ReadOnly {
 		e.Stats.Errors.Add(1)
 		return 0, syscall.EROFS
@@ -416,10 +434,10 @@ func (n *fileNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off 
 func (n *fileNode) flush(op string) syscall.Errno {
 	e := n.e
 	start := time.Now()
-	if e.dead.Load() {
-		e.Stats.Errors.Add(1)
+	if !e.enter() {
 		return syscall.EIO
 	}
+	defer e.gate.RUnlock()
 	err := e.img.Flush()
 	e.trace(op, 0, 0, start, err)
 	if err != nil {
@@ -447,10 +465,10 @@ func (n *fileNode) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno { r
 func (n *fileNode) Allocate(ctx context.Context, f fs.FileHandle, off, size uint64, mode uint32) syscall.Errno {
 	e := n.e
 	start := time.Now()
-	if e.dead.Load() {
-		e.Stats.Errors.Add(1)
+	if !e.enter() {
 		return syscall.EIO
 	}
+	defer e.gate.RUnlock()
 	if e.opts.ReadOnly {
 		return syscall.EROFS
 	}
