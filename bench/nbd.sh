@@ -23,6 +23,8 @@ cd "$WORK"
 echo "making a ${SIZE_MIB} MiB image with data everywhere..."
 yes 'vdisk nbd benchmark data 0123456789abcdef' | head -c $((SIZE_MIB << 20)) > src.raw
 truncate -s ${SIZE_MIB}M sparse.raw
+# Skipping holes by block status is too quick to time on SIZE; 32x it is.
+truncate -s $((SIZE_MIB * 32))M bigsparse.raw
 qemu-img create -q -f qcow2 src.qcow2 ${SIZE_MIB}M
 qemu-img convert -n -f raw -O qcow2 src.raw src.qcow2 2>/dev/null ||
 	qemu-img convert -f raw -O qcow2 src.raw src.qcow2
@@ -64,7 +66,7 @@ run() {
 		fi
 		t1=$(now)
 		unserve
-		r=$(echo "$SIZE_MIB / ($t1 - $t0)" | bc -l)
+		r=$(echo "${ROW_MIB:-$SIZE_MIB} / ($t1 - $t0)" | bc -l)
 		best=$(echo "if ($r > $best) $r else $best" | bc -l)
 	done
 	printf '%.0f' "$best"
@@ -80,7 +82,7 @@ row() { # NAME FMT FILE DIRECTION
 
 printf '%-28s %10s %10s %8s\n' "row (${SIZE_MIB} MiB, -C $CONN)" "vdisk MB/s" "qemu MB/s" "ratio"
 row "raw read" raw src.raw read
-row "raw read, holes, extents" raw sparse.raw read
+ROW_MIB=$((SIZE_MIB * 32)) row "raw read, 32x holes, extents" raw bigsparse.raw read
 # Without extents nbdcopy reads every byte: the server answers hole chunks.
 COPYOPTS=--no-extents row "raw read, holes, no extents" raw sparse.raw read
 PREP='rm -f dst.raw; truncate -s ${SIZE_MIB}M dst.raw' row "raw write" raw dst.raw write
