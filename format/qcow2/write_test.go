@@ -186,7 +186,11 @@ func TestWriteMirror(t *testing.T) {
 			if err := os.WriteFile(rawName, make([]byte, size), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			runMirror(t, name, rawName, c.cs, true, 300, int64(i))
+			steps := 300
+			if c.cs >= 1<<20 {
+				steps = 80
+			}
+			runMirror(t, name, rawName, c.cs, true, steps, int64(i))
 		})
 	}
 }
