@@ -158,6 +158,7 @@ func (img *Image) computeRefs(res *block.CheckResult, withRefcounts bool) (*chec
 		}
 		c.walkL1(l1, false)
 	}
+	c.countBitmaps()
 	if withRefcounts {
 		c.inc(int64(h.reftableOffset), int64(h.reftableClusters)<<img.cbits)
 		for i, e := range img.reftable {
@@ -436,4 +437,63 @@ func (img *Image) rebuildRefcounts() error {
 	img.freeHint = 0
 	img.compNext = 0
 	return nil
+}
+
+// countBitmaps adds the references of persistent dirty bitmaps (their
+// directory, tables and data clusters), which QEMU counts while the
+// bitmaps autoclear bit says the extension is valid.
+func (c *checker) countBitmaps() {
+	img := c.img
+	if img.h.autoclear&autoclearBitmaps == 0 {
+		return
+	}
+	var ext []byte
+	for _, e := range img.h.exts {
+		if e.typ == extBitmaps {
+			ext = e.data
+		}
+	}
+	if len(ext) < 24 {
+		return
+	}
+	nb := be32(ext)
+	dirSize := be64(ext[8:])
+	dirOff := be64(ext[16:])
+	if nb == 0 || nb > 65535 || dirSize > 64<<20 || int64(dirOff)&(img.cs-1) != 0 {
+		c.errorf("ERROR bitmap directory at %#x (%d bytes) is invalid", dirOff, dirSize)
+		return
+	}
+	dir := make([]byte, dirSize)
+	if err := readFull(img.f, dir, int64(dirOff)); err != nil {
+		c.errorf("ERROR reading bitmap directory: %v", err)
+		return
+	}
+	c.inc(int64(dirOff), int64(dirSize))
+	for i, p := uint32(0), uint64(0); i < nb; i++ {
+		if p+24 > dirSize {
+			c.errorf("ERROR bitmap directory entry %d beyond the directory", i)
+			return
+		}
+		e := dir[p:]
+		toff := int64(be64(e))
+		tsize := int64(be32(e[8:]))
+		nameSize := uint64(be16(e[18:]))
+		extra := uint64(be32(e[20:]))
+		p += (24 + extra + nameSize + 7) &^ 7
+		if toff&(img.cs-1) != 0 || tsize > maxL1Bytes/8 {
+			c.errorf("ERROR bitmap table of bitmap %d is invalid", i)
+			continue
+		}
+		c.inc(toff, tsize*8)
+		tbl := make([]byte, tsize*8)
+		if err := readFull(img.f, tbl, toff); err != nil {
+			c.errorf("ERROR reading bitmap table: %v", err)
+			continue
+		}
+		for j := int64(0); j < tsize; j++ {
+			if off := int64(be64(tbl[j*8:]) & offsetMask); off != 0 {
+				c.inc(off, img.cs)
+			}
+		}
+	}
 }

@@ -223,16 +223,12 @@ func TestWriteMirrorSnapshots(t *testing.T) {
 	run(t, "qemu-img", "convert", "-O", "raw", name, rawName)
 	snapRaw := filepath.Join(dir, "one.raw")
 	run(t, "qemu-img", "convert", "-O", "raw", "-l", "snapshot.name=one", name, snapRaw)
-	m := &mirrorNoResize{}
-	_ = m
 	runMirrorNoShrink(t, name, rawName, 4096, 300, 3)
 	// The snapshots still hold their data.
 	out := filepath.Join(dir, "one-after.raw")
 	run(t, "qemu-img", "convert", "-O", "raw", "-l", "snapshot.name=one", name, out)
 	run(t, "cmp", snapRaw, out)
 }
-
-type mirrorNoResize struct{}
 
 // runMirrorNoShrink is runMirror for images that refuse shrinking (with
 // snapshots): resizes only grow.
