@@ -317,3 +317,38 @@ func TestConcurrent(t *testing.T) {
 	}
 	qemuCheck(t, name)
 }
+
+// TestRefcountGrowth fills an image whose refcount table and blocks cover
+// little (512-byte clusters, 64-bit refcounts), so both grow repeatedly,
+// and the L1 table grows with resizes.
+func TestRefcountGrowth(t *testing.T) {
+	for _, o := range []string{"cluster_size=512,refcount_bits=64", "cluster_size=512,refcount_bits=1,compat=1.1", "cluster_size=512,compat=0.10"} {
+		t.Run(o, func(t *testing.T) {
+			dir := t.TempDir()
+			name := filepath.Join(dir, "g.qcow2")
+			vdiskCreate(t, name, o, 1<<20)
+			img, err := block.Open(name, block.OpenOptions{Format: "qcow2"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := img.(block.Resizer).Resize(6<<20, false); err != nil {
+				t.Fatal(err)
+			}
+			want := make([]byte, 6<<20)
+			rand.New(rand.NewSource(5)).Read(want)
+			for off := 0; off < len(want); off += 96 << 10 {
+				end := min(off+96<<10, len(want))
+				if _, err := img.WriteAt(want[off:end], int64(off)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := img.Close(); err != nil {
+				t.Fatal(err)
+			}
+			qemuCheck(t, name)
+			if got := qemuRaw(t, name); !bytes.Equal(got, want) {
+				t.Fatal("content differs")
+			}
+		})
+	}
+}
