@@ -1,0 +1,329 @@
+// Package loop sets up Linux loop devices over a file with the
+// LOOP_CONFIGURE ioctl, and answers whether a loop device is in use.
+//
+// vdisk binds every loop device with LO_FLAGS_AUTOCLEAR and keeps its own
+// descriptor open for as long as the unit lives, so the kernel releases the
+// device by itself when the daemon dies: a crashed daemon never leaves a
+// bound loop device that blocks a later attach.
+package loop
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Options configure a loop device.
+type Options struct {
+	ReadOnly bool
+	// BlockSize is the logical block size presented to the kernel: a power
+	// of two from 512 to the page size. 0 means 512.
+	BlockSize int
+	// DirectIO asks the loop driver to bypass the page cache of the backing
+	// file, so data is cached once (in the loop device's own cache).
+	DirectIO bool
+}
+
+// Device is a bound loop device held open by this process.
+type Device struct {
+	Num  int
+	Path string // /dev/loopN
+	Rdev uint64
+	// DirectIO reports whether the kernel accepted direct I/O.
+	DirectIO bool
+	f        *os.File
+}
+
+// ValidBlockSize reports whether the loop driver can present size as its
+// logical block size.
+func ValidBlockSize(size int) bool {
+	return size >= 512 && size <= os.Getpagesize() && size&(size-1) == 0
+}
+
+// Attach binds a free loop device to backing. The device keeps its own
+// reference to backing; the caller may close it afterwards.
+func Attach(backing *os.File, opts Options) (*Device, error) {
+	bs := opts.BlockSize
+	if bs == 0 {
+		bs = 512
+	}
+	if !ValidBlockSize(bs) {
+		return nil, fmt.Errorf("loop: logical block size %d is not supported (512 to %d, a power of two)", bs, os.Getpagesize())
+	}
+	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("loop: %w", err)
+	}
+	defer ctl.Close()
+	// Another process may grab the device GET_FREE returned before we bind
+	// it; LOOP_CONFIGURE then fails with EBUSY and we ask again.
+	var lastErr error
+	for attempt := 0; attempt < 20; attempt++ {
+		num, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
+		if err != nil {
+			return nil, fmt.Errorf("loop: LOOP_CTL_GET_FREE: %w", err)
+		}
+		d, err := configure(num, backing, opts, bs)
+		if errors.Is(err, unix.EBUSY) {
+			lastErr = err
+			time.Sleep(time.Duration(attempt+1) * time.Millisecond)
+			continue
+		}
+		return d, err
+	}
+	return nil, fmt.Errorf("loop: no free loop device: %w", lastErr)
+}
+
+func configure(num int, backing *os.File, opts Options, bs int) (*Device, error) {
+	path := fmt.Sprintf("/dev/loop%d", num)
+	mode := os.O_RDWR
+	if opts.ReadOnly {
+		mode = os.O_RDONLY
+	}
+	f, err := openDev(path, mode)
+	if err != nil {
+		return nil, fmt.Errorf("loop: %w", err)
+	}
+	cfg := unix.LoopConfig{Fd: uint32(backing.Fd()), Size: uint32(bs)}
+	cfg.Info.Flags = unix.LO_FLAGS_AUTOCLEAR
+	if opts.ReadOnly {
+		cfg.Info.Flags |= unix.LO_FLAGS_READ_ONLY
+	}
+	name := backing.Name()
+	copy(cfg.Info.File_name[:len(cfg.Info.File_name)-1], name)
+	dio := opts.DirectIO
+	if dio {
+		cfg.Info.Flags |= unix.LO_FLAGS_DIRECT_IO
+	}
+	err = unix.IoctlLoopConfigure(int(f.Fd()), &cfg)
+	if err != nil && dio && errors.Is(err, unix.EINVAL) {
+		// Kernels that cannot do direct I/O on this backing file refuse
+		// the flag; buffered I/O still works.
+		cfg.Info.Flags &^= unix.LO_FLAGS_DIRECT_IO
+		err = unix.IoctlLoopConfigure(int(f.Fd()), &cfg)
+	}
+	if err != nil {
+		f.Close()
+		if errors.Is(err, unix.EBUSY) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("loop: LOOP_CONFIGURE %s: %w", path, err)
+	}
+	d := &Device{Num: num, Path: path, f: f}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err == nil {
+		d.Rdev = st.Rdev
+	}
+	if info, err := unix.IoctlLoopGetStatus64(int(f.Fd())); err == nil {
+		d.DirectIO = info.Flags&unix.LO_FLAGS_DIRECT_IO != 0
+	}
+	return d, nil
+}
+
+// openDev opens a loop device node, creating it when udev has not (in
+// containers /dev may lack nodes for devices loop-control just made).
+func openDev(path string, mode int) (*os.File, error) {
+	f, err := os.OpenFile(path, mode|unix.O_CLOEXEC, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		num, _ := strconv.Atoi(strings.TrimPrefix(path, "/dev/loop"))
+		if merr := unix.Mknod(path, unix.S_IFBLK|0o660, int(unix.Mkdev(7, uint32(num)))); merr == nil || errors.Is(merr, os.ErrExist) {
+			f, err = os.OpenFile(path, mode|unix.O_CLOEXEC, 0)
+		}
+	}
+	return f, err
+}
+
+// Name is loopN, the device's name in /sys/block.
+func (d *Device) Name() string { return fmt.Sprintf("loop%d", d.Num) }
+
+// Release unbinds the device: LOOP_CLR_FD marks it for autoclear and the
+// close of our descriptor, the last one when nobody else holds the device,
+// clears it. When others still hold it (a forced detach of a busy device),
+// the kernel clears it when they let go. Release waits up to timeout for
+// the device to become free and reports whether it did.
+func (d *Device) Release(timeout time.Duration) (bool, error) {
+	if d.f == nil {
+		return true, nil
+	}
+	err := unix.IoctlSetInt(int(d.f.Fd()), unix.LOOP_CLR_FD, 0)
+	if errors.Is(err, unix.ENXIO) {
+		err = nil // already cleared
+	}
+	d.f.Close()
+	d.f = nil
+	if err != nil {
+		return false, fmt.Errorf("loop: LOOP_CLR_FD %s: %w", d.Path, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		if !Bound(d.Num) {
+			return true, nil
+		}
+		if time.Now().After(deadline) {
+			return false, nil
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Close drops our descriptor without clearing; autoclear does the rest.
+func (d *Device) Close() {
+	if d.f != nil {
+		d.f.Close()
+		d.f = nil
+	}
+}
+
+// Bound reports whether loopN has a backing file.
+func Bound(num int) bool {
+	_, err := os.Stat(fmt.Sprintf("/sys/block/loop%d/loop/backing_file", num))
+	return err == nil
+}
+
+// BackingFile is the backing file the kernel reports for loopN, or "".
+func BackingFile(num int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/sys/block/loop%d/loop/backing_file", num))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// ClearStale clears loopN if it is bound and nobody uses it.
+func ClearStale(num int) error {
+	f, err := os.OpenFile(fmt.Sprintf("/dev/loop%d", num), os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	err = unix.IoctlSetInt(int(f.Fd()), unix.LOOP_CLR_FD, 0)
+	if errors.Is(err, unix.ENXIO) {
+		return nil
+	}
+	return err
+}
+
+// Users explains why the device is in use, or returns nil when it is not:
+// a file system mounted on it or on a partition, another block device
+// stacked on it (holders), or a process other than self holding it open.
+func (d *Device) Users() []string {
+	return Users(d.Name(), d.Rdev)
+}
+
+// Users is Device.Users for a device named name (loopN) with device
+// number rdev.
+func Users(name string, rdev uint64) []string {
+	var why []string
+	devs := map[uint64]string{rdev: name}
+	parts, _ := filepath.Glob(filepath.Join("/sys/block", name, name+"p*"))
+	for _, p := range parts {
+		if dn, err := readDevNum(filepath.Join(p, "dev")); err == nil {
+			devs[dn] = filepath.Base(p)
+		}
+	}
+	// Stacked block devices (device mapper, md) appear as holders.
+	for _, dir := range append([]string{filepath.Join("/sys/block", name)}, parts...) {
+		hs, _ := os.ReadDir(filepath.Join(dir, "holders"))
+		for _, h := range hs {
+			why = append(why, fmt.Sprintf("%s is held by %s", filepath.Base(dir), h.Name()))
+		}
+	}
+	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for _, line := range strings.Split(string(mi), "\n") {
+			fs := strings.Fields(line)
+			if len(fs) < 5 {
+				continue
+			}
+			var maj, mnr uint32
+			if _, err := fmt.Sscanf(fs[2], "%d:%d", &maj, &mnr); err != nil {
+				continue
+			}
+			if n, ok := devs[unix.Mkdev(maj, mnr)]; ok {
+				why = append(why, fmt.Sprintf("%s is mounted on %s", n, unescapeMount(fs[4])))
+			}
+		}
+	}
+	self := os.Getpid()
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		fds, _ := os.ReadDir(filepath.Join("/proc", p.Name(), "fd"))
+		for _, fd := range fds {
+			link := filepath.Join("/proc", p.Name(), "fd", fd.Name())
+			target, err := os.Readlink(link)
+			if err != nil || !strings.HasPrefix(target, "/dev/") {
+				continue
+			}
+			var st unix.Stat_t
+			if unix.Stat(link, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+				continue
+			}
+			if n, ok := devs[st.Rdev]; ok {
+				comm, _ := os.ReadFile(filepath.Join("/proc", p.Name(), "comm"))
+				why = append(why, fmt.Sprintf("%s is open by process %d (%s)", n, pid, strings.TrimSpace(string(comm))))
+				break
+			}
+		}
+	}
+	return why
+}
+
+func readDevNum(path string) (uint64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	var maj, mnr uint32
+	if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d:%d", &maj, &mnr); err != nil {
+		return 0, err
+	}
+	return unix.Mkdev(maj, mnr), nil
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// Sync writes back the device's page cache (what processes wrote to the
+// device node without O_DIRECT), waiting at most timeout.
+func (d *Device) Sync(timeout time.Duration) {
+	f := d.f
+	if f == nil {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		// os.File holds the descriptor open until Sync returns, even if
+		// Release closes it meanwhile.
+		f.Sync()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+	}
+}

@@ -1,0 +1,45 @@
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"vdisk/attach/ctl"
+)
+
+func init() {
+	var stateDir, output string
+	c := &cobra.Command{
+		Use:   "stat [--output human|json] UNIT",
+		Short: "Show the fstat of a unit's image file",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			st, _, err := ctl.NewClient(ctl.StateDir(stateDir)).Stat(args[0])
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return printJSON(st)
+			}
+			ts := func(t ctl.Timespec) string {
+				return t.Time().Local().Format("2006-01-02 15:04:05.000000000 -0700")
+			}
+			fmt.Printf("  File: %s\n", st.Name)
+			fmt.Printf("  Size: %-15d Blocks: %-10d IO Block: %d\n", st.Size, st.Blocks, st.Blksize)
+			fmt.Printf("Device: %d,%d\tInode: %-11d Links: %d\n", st.Dev>>8&0xfff, st.Dev&0xff|(st.Dev>>12)&0xfff00, st.Ino, st.Nlink)
+			fmt.Printf("Access: (%04o/%s)  Uid: %d  Gid: %d\n", st.Mode&0o7777, os.FileMode(st.Mode&0o777).String(), st.UID, st.GID)
+			fmt.Printf("Access: %s\n", ts(st.Atime))
+			fmt.Printf("Modify: %s\n", ts(st.Mtime))
+			fmt.Printf("Change: %s\n", ts(st.Ctime))
+			return nil
+		},
+	}
+	addStateDirFlag(c, &stateDir)
+	c.Flags().StringVar(&output, "output", "human", "output format: human or json")
+	rootCmd.AddCommand(c)
+}

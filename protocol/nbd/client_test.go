@@ -1,0 +1,241 @@
+package nbd_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"vdisk/block"
+	_ "vdisk/drivers"
+	nbdexport "vdisk/export/nbd"
+	"vdisk/format/mem"
+	nbdc "vdisk/protocol/nbd"
+)
+
+// startTool runs an NBD server program and returns once its socket accepts.
+func startTool(t *testing.T, sock string, name string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("%s stderr:\n%s", name, stderr.String())
+		}
+	})
+	waitSocket(t, "unix", sock)
+}
+
+func waitSocket(t *testing.T, network, addr string) {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		if c, err := net.Dial(network, addr); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Fatalf("server at %s did not come up", addr)
+}
+
+// exercise reads, writes, zeroes, trims and maps an export of at least
+// 4 MiB through block.Open, the way every vdisk command would.
+func exercise(t *testing.T, uri string) {
+	t.Helper()
+	img, err := block.Open(uri, block.OpenOptions{Format: "raw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	size := img.Size()
+	if size < 4<<20 {
+		t.Fatalf("size %d", size)
+	}
+	data := make([]byte, 1<<20)
+	rand.New(rand.NewSource(1)).Read(data)
+	if _, err := img.WriteAt(data, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	// Concurrent readers on one connection.
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			got := make([]byte, 64<<10)
+			o := int64(i) * 64 << 10
+			if _, err := img.ReadAt(got, 1<<20+o); err != nil {
+				errs <- err
+				return
+			}
+			if !bytes.Equal(got, data[o:o+64<<10]) {
+				errs <- fmt.Errorf("reader %d: data differs", i)
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if err := img.WriteZeroes(1<<20, 256<<10, block.ZeroMayUnmap); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 1<<20)
+	if _, err := img.ReadAt(got, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if !block.IsZero(got[:256<<10]) || !bytes.Equal(got[256<<10:], data[256<<10:]) {
+		t.Fatal("content after write zeroes differs")
+	}
+	if err := img.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	exts, err := img.BlockStatus(0, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var covered int64
+	dataSeen := false
+	for _, e := range exts {
+		if e.Offset != covered {
+			t.Fatalf("extents not contiguous: %+v", exts)
+		}
+		covered += e.Length
+		if e.Status&block.StatusData != 0 && e.Offset < 2<<20 && e.Offset+e.Length > 1<<20+256<<10 {
+			dataSeen = true
+		}
+	}
+	if covered != size || !dataSeen {
+		t.Fatalf("block status %+v does not cover the written data", exts)
+	}
+	// Past the end.
+	if _, err := img.WriteAt(data[:512], size-256); !errors.Is(err, block.ErrOutOfRange) {
+		t.Fatalf("write past end: %v", err)
+	}
+}
+
+func TestAgainstQemuNBD(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "a.raw")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(file, 8<<20)
+	sock := filepath.Join(dir, "s")
+	startTool(t, sock, "qemu-nbd", "-f", "raw", "-t", "-k", sock, "-x", "disk", file)
+	exercise(t, "nbd+unix:///disk?socket="+sock)
+}
+
+func TestAgainstNbdkitMemory(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s")
+	startTool(t, sock, "nbdkit", "-f", "-U", sock, "memory", "8M")
+	exercise(t, "nbd+unix:///?socket="+sock)
+}
+
+func TestAgainstNbdkitFile(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "a.raw")
+	os.WriteFile(file, nil, 0o644)
+	os.Truncate(file, 8<<20)
+	sock := filepath.Join(dir, "s")
+	startTool(t, sock, "nbdkit", "-f", "-U", sock, "file", file)
+	exercise(t, "nbd+unix:///?socket="+sock)
+}
+
+// serveMem runs vdisk's own server on a TCP port with a RAM image.
+func serveMem(t *testing.T, size int64) (string, *nbdexport.Server) {
+	return serveMemMax(t, size, 0)
+}
+
+func serveMemMax(t *testing.T, size int64, maxPayload uint32) (string, *nbdexport.Server) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &nbdexport.Server{Exports: []*nbdexport.Export{{Name: "m", Image: mem.New(size)}}, MaxPayload: maxPayload}
+	go srv.Serve(l)
+	t.Cleanup(srv.Shutdown)
+	return "nbd://" + l.Addr().String() + "/m", srv
+}
+
+func TestAgainstVdiskServer(t *testing.T) {
+	uri, _ := serveMem(t, 8<<20)
+	exercise(t, uri)
+}
+
+func TestLargeIOSplits(t *testing.T) {
+	// The server advertises 1 MiB requests, so the client must split.
+	uri, _ := serveMemMax(t, 8<<20, 1<<20)
+	f, err := nbdc.Dial(uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	data := make([]byte, 7<<20+3)
+	rand.New(rand.NewSource(2)).Read(data)
+	if _, err := f.WriteAt(data, 5); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(data))
+	if _, err := f.ReadAt(got, 5); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("large read differs")
+	}
+	if err := f.Truncate(8 << 20); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(1 << 20); err == nil {
+		t.Fatal("truncate to another size succeeded")
+	}
+}
+
+func TestUnknownExport(t *testing.T) {
+	uri, _ := serveMem(t, 1<<20)
+	_, err := nbdc.Dial(uri + "x")
+	if err == nil {
+		t.Fatal("unknown export opened")
+	}
+}
+
+func TestParseURI(t *testing.T) {
+	for _, c := range []struct {
+		in, network, addr, export string
+		tls                       bool
+	}{
+		{"nbd://h", "tcp", "h:10809", "", false},
+		{"nbd://h:99/a/b", "tcp", "h:99", "a/b", false},
+		{"nbd+unix:///e?socket=/x/s", "unix", "/x/s", "e", false},
+		{"nbds://[::1]:5/e?tls-ca=/ca", "tcp", "[::1]:5", "e", true},
+	} {
+		tg, err := nbdc.ParseURI(c.in)
+		if err != nil {
+			t.Fatalf("%s: %v", c.in, err)
+		}
+		if tg.Network != c.network || tg.Address != c.addr || tg.Export != c.export || tg.TLS != c.tls {
+			t.Errorf("%s: got %+v", c.in, tg)
+		}
+	}
+	for _, bad := range []string{"nbd+unix:///e", "nbd+unix://host/e?socket=/s", "http://x"} {
+		if _, err := nbdc.ParseURI(bad); err == nil {
+			t.Errorf("%s: accepted", bad)
+		}
+	}
+}

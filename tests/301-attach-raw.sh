@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# needs: root fuse qemu-img mkfs.ext4 fsck.ext4
+# Attach a raw image, make a file system on it, copy a real tree, compare,
+# detach; a fresh read-only attach fscks clean; list and stat report the
+# file as given.
+. "$SRC_DIR/attach-lib.sh"
+qemu-img create -f raw disk.img 48M >/dev/null
+echo "== attach (the daemon starts)"
+attach -f raw disk.img 2>&1
+$VDISK list --counters=false | filter
+mkfs.ext4 -q "$dev" && echo mkfs ok
+mnt "$dev" mnt
+copy_tree src
+copy_tree mnt
+diff -r -x lost+found src mnt && echo "tree identical"
+sync
+umnt mnt
+$VDISK detach "$unit" && echo "detached"
+$VDISK list --counters=false | filter
+echo "== read-only attach, fsck"
+attach -r -f raw disk.img
+fsck.ext4 -n -f "$dev" >fsck.log 2>&1 && echo "fsck clean" || cat fsck.log
+$VDISK list --output json | jq -c '.[] | {unit, file, format, "read-only", "sector-size", "virtual-size"}'
+echo "== stat matches stat(1)"
+$VDISK stat --output json "$unit" | jq -r '"\(.size) \(.ino) \(.mode) \(.nlink) \(.uid) \(.gid) \(.blocks) \(.mtime.sec)"' >a
+read -r s i f h u g b y < <(stat -c '%s %i %f %h %u %g %b %Y' disk.img)
+echo "$s $i $((16#$f)) $h $u $g $b $y" >b
+cmp a b && echo "stat matches"
+$VDISK stat "$unit" | head -1
+$VDISK detach "$dev" && echo "detached by device"
+echo "== relative and absolute names as given"
+mkdir -p sub
+mv disk.img sub/
+(cd sub && attach -f raw ./disk.img >/dev/null)
+attach -r -f raw "$TEST_DIR/sub/disk.img" >/dev/null 2>&1 || echo "second writer refused (image lock)"
+$VDISK list --output json | jq -r '.[].file'
+$VDISK detach vd0
+attach -r -f raw "$TEST_DIR/sub/disk.img"
+$VDISK list --output json | jq -r '.[].file'
+$VDISK detach vd0
+$VDISK list --counters=false | filter
+echo "== mem"
+attach --mem 32M
+mkfs.ext4 -q "$dev" && mnt "$dev" mnt && copy_tree mnt && diff -r -x lost+found src mnt && echo "mem tree identical"
+umnt mnt
+$VDISK list --counters=false | filter
+$VDISK detach "$unit"
+stop_daemon
+ls "$VDISK_STATE_DIR"

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# needs: root fuse qemu-img mkfs.ext4 fsck.ext4
+# Daemon lifecycle: SIGKILL while a file system is mounted and written
+# leaves no loop device behind once the file system is (lazily) unmounted,
+# a new daemon cleans the dead FUSE mount and attaches the image again;
+# SIGTERM flushes and detaches everything.
+. "$SRC_DIR/attach-lib.sh"
+fuse_mounts() { grep -c " $VDISK_STATE_DIR/fuse/" /proc/mounts; }
+echo "=== daemon in the background, a second one refused"
+$VDISK daemon
+$VDISK daemon; echo "exit $?"
+$VDISK daemon --foreground; echo "exit $?"
+for mode in passthrough userspace; do
+	echo "=== SIGKILL while writing ($mode)"
+	extra=()
+	[ $mode = userspace ] && extra=(--no-passthrough)
+	rm -f disk.img
+	qemu-img create -f raw disk.img 64M >/dev/null
+	attach -f raw "${extra[@]}" disk.img 2>/dev/null
+	mkfs.ext4 -q "$dev"
+	mnt "$dev" mnt
+	copy_tree mnt
+	sync
+	( for i in $(seq 50); do cp -r "$GOROOT_SRC/strings" mnt/w$i 2>/dev/null || break; done ) &
+	writer=$!
+	sleep 0.3
+	pid=$(daemon_pid)
+	kill -9 "$pid"
+	wait_gone "$pid" && echo "daemon killed"
+	kill "$writer" 2>/dev/null; wait "$writer" 2>/dev/null
+	umount -l mnt
+	for _ in $(seq 100); do loop_bound "$dev" || break; sleep 0.05; done
+	loop_bound "$dev" && echo "loop device still bound" || echo "no orphaned loop device"
+	echo "dead FUSE mounts: $(fuse_mounts)"
+	attach -f raw "${extra[@]}" disk.img 2>&1
+	echo "FUSE mounts after restart: $(fuse_mounts)"
+	fsck.ext4 -fy "$dev" >fsck.log 2>&1; rc=$?
+	[ $rc -le 1 ] && echo "fsck repaired or clean" || { echo "fsck exit $rc"; cat fsck.log; }
+	mnt "$dev" mnt && diff -r "$GOROOT_SRC/bufio" mnt/bufio && echo "earlier data intact"
+	umnt mnt
+	$VDISK detach "$unit"
+done
+echo "=== SIGTERM detaches everything"
+attach -f raw disk.img
+attach --mem 8M
+mkfs.ext4 -q "$dev" && mnt "$dev" mnt
+echo hello >mnt/f
+pid=$(daemon_pid)
+kill "$pid"
+wait_gone "$pid" && echo "daemon exited"
+grep -o 'unit busy at shutdown[^"]*' "$VDISK_STATE_DIR/daemon.log" | sort -u
+cat mnt/f >/dev/null 2>&1; echo 3 >/proc/sys/vm/drop_caches; ls mnt >/dev/null 2>&1
+umount mnt 2>/dev/null || umount -l mnt
+sleep 0.2
+for d in "${_loops[@]}"; do loop_bound "$d" && echo "$d still bound"; done
+echo "FUSE mounts: $(fuse_mounts)"
+ls "$VDISK_STATE_DIR"
+fsck.ext4 -fn disk.img >/dev/null 2>&1 && echo "fsck clean"

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# vdisk's own commands on nbd:// and nbd+unix:// URIs, against servers
+# nobody here wrote (qemu-nbd, nbdkit memory and file plugins) and
+# against vdisk serve.
+# needs: qemu-img qemu-io qemu-nbd nbdkit
+. "$SRC_DIR/nbd-common.inc"
+
+qemu-img create -q -f raw a.raw 16M
+qio -f raw -c 'write -P 0xaa 1M 1M' -c 'write -P 0xbb 9M 64k' a.raw
+cp --sparse=always a.raw ref.raw
+
+# start_bg NAME CMD...: run a server in the background until stop_bg.
+start_bg() {
+	local sock=$1; shift
+	"$@" 2>server.log &
+	BPID=$!
+	for _ in $(seq 200); do [ -S "$sock" ] && return; sleep 0.05; done
+	echo "server did not start"; cat server.log
+}
+stop_bg() { kill $BPID; wait $BPID 2>/dev/null; }
+
+exercise() {
+	local uri=$1
+	$VDISK info "$uri" | grep -v '^disk size' | sed "s#$TEST_DIR#\$TEST_DIR#"
+	$VDISK map --output json "$uri" | sed 's/"offset": [0-9]*/"offset": X/'
+	$VDISK compare ref.raw "$uri"
+	$VDISK convert -O raw "$uri" out.raw && $VDISK compare ref.raw out.raw
+	qemu-img map --output json -f raw out.raw | jq -c '.[] | select(.data) | [.start, .length]'
+	$VDISK io -c 'write -P 0x5c 4M 64k' -c 'read -P 0x5c 4M 64k' -c 'read -P 0xaa 1M 1M' "$uri" | grep -v ' ops; '
+	$VDISK io -c 'write -z 1M 512k' -c 'read -P 0 1M 512k' -c 'read -P 0xaa 1536k 512k' "$uri" | grep -v ' ops; '
+	# Put the reference back the way it was, through the export.
+	$VDISK convert -n -O raw ref.raw "$uri" 2>&1
+	$VDISK compare ref.raw "$uri"
+}
+
+echo "### qemu-nbd"
+cp --sparse=always ref.raw q.raw
+start_bg "$TEST_DIR/q.sock" qemu-nbd -f raw -t -k "$TEST_DIR/q.sock" -x disk q.raw
+exercise "nbd+unix:///disk?socket=$TEST_DIR/q.sock"
+stop_bg
+
+echo "### nbdkit file"
+cp --sparse=always ref.raw k.raw
+start_bg "$TEST_DIR/k.sock" nbdkit -f -U "$TEST_DIR/k.sock" file k.raw
+exercise "nbd+unix:///?socket=$TEST_DIR/k.sock"
+stop_bg
+
+echo "### nbdkit memory"
+start_bg "$TEST_DIR/m.sock" nbdkit -f -U "$TEST_DIR/m.sock" memory 16M
+$VDISK convert -n -O raw ref.raw "nbd+unix:///?socket=$TEST_DIR/m.sock"
+exercise "nbd+unix:///?socket=$TEST_DIR/m.sock"
+stop_bg
+
+echo "### vdisk serve over TCP"
+cp --sparse=always ref.raw v.raw
+PORT=$(pick_port)
+start_serve -f raw -t -e 4 -p $PORT --name disk v.raw
+exercise "nbd://127.0.0.1:$PORT/disk" | sed "s/:$PORT/:PORT/"
+stop_serve
+
+echo "### errors"
+$VDISK info "nbd+unix:///?socket=$TEST_DIR/nothing.sock" 2>&1 | sed "s#$TEST_DIR#\$TEST_DIR#"
+$VDISK info "nbd+unix:///" 2>&1
+$VDISK create -f raw "nbd://127.0.0.1:$PORT/x" 1M 2>&1 | sed "s/:$PORT/:PORT/"
+exit 0
