@@ -187,7 +187,7 @@ func TestWriteMirror(t *testing.T) {
 				t.Fatal(err)
 			}
 			steps := 300
-			if c.cs >= 1<<20 {
+			if c.cs >= 1<<20 || raceEnabled {
 				steps = 80
 			}
 			runMirror(t, name, rawName, c.cs, true, steps, int64(i))
