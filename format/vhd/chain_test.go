@@ -2,8 +2,8 @@ package vhd_test
 
 import (
 	"bytes"
-	"encoding/binary"
 	"crypto/sha256"
+	"encoding/binary"
 	"io"
 	"math/rand"
 	"os"
