@@ -30,6 +30,10 @@ type OpenOptions struct {
 	// CacheSize, when positive, puts a read cache of that many bytes in
 	// front of the image.
 	CacheSize int64
+	// Unsafe is QEMU's cache=unsafe, qemu-img convert's default for its
+	// target: Flush and Close need not make data durable. For scratch
+	// copies that can be redone after a crash. Drivers may ignore it.
+	Unsafe bool
 
 	// Probed is set by Open when the format was probed rather than named;
 	// the raw driver uses it to refuse writes that would change the

@@ -52,13 +52,20 @@ func resolve(img Image, e Extent, depth int) ([]Extent, error) {
 		e.Status |= StatusAllocated
 		return []Extent{e}, nil
 	}
-	e.HostOffset = -1
-	e.File = ""
 	back := img.Backing()
 	if back == nil || depth >= MaxBackingDepth {
+		// An unallocated range can still have a host offset (qcow2
+		// subclusters of an allocated cluster); qemu-img map shows it
+		// when no backing layer takes over.
+		if e.HostOffset <= 0 || e.File == "" {
+			e.HostOffset = -1
+			e.File = ""
+		}
 		e.Status = StatusZero
 		return []Extent{e}, nil
 	}
+	e.HostOffset = -1
+	e.File = ""
 	var out, tail []Extent
 	off, end := e.Offset, e.Offset+e.Length
 	if bsize := back.Size(); bsize < end {

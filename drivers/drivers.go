@@ -5,6 +5,7 @@ package drivers
 import (
 	_ "vdisk/block/cache"
 	_ "vdisk/format/mem"
+	_ "vdisk/format/qcow2"
 	_ "vdisk/format/raw"
 	_ "vdisk/format/vhd"
 	_ "vdisk/protocol/file"

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -212,7 +213,10 @@ func (c *copier) progress(n int64) {
 // do reads one chunk and writes what is not zero, in order unless -W.
 func (c *copier) do(j copyJob, buf []byte) error {
 	b := buf[:j.n]
-	if j.zero {
+	if j.zero && c.o.Sparse > 0 {
+		// Known zeros need neither a buffer nor a scan.
+		b = nil
+	} else if j.zero {
 		clear(b)
 	} else if _, err := c.src.ReadAt(b, j.off); err != nil {
 		return fmt.Errorf("error while reading at byte %d: %w", j.off, err)
@@ -234,7 +238,13 @@ func (c *copier) do(j copyJob, buf []byte) error {
 			c.mu.Unlock()
 		}()
 	}
-	if err := c.write(b, j.off); err != nil {
+	var err error
+	if b == nil {
+		err = c.writeZero(j.off, j.n)
+	} else {
+		err = c.write(b, j.off)
+	}
+	if err != nil {
 		return fmt.Errorf("error while writing at byte %d: %w", j.off, err)
 	}
 	c.progress(j.n)
@@ -320,7 +330,11 @@ type ConvertOptions struct {
 	NoCreate   bool
 	ForceShare bool  // -U for the source
 	CacheSize  int64 // read cache for the source
-	Copy       CopyOptions
+	// Unsafe skips making the target durable at the end (qemu-img's
+	// default cache=unsafe for convert targets). Without it, Convert
+	// returns only once the target is on stable storage.
+	Unsafe bool
+	Copy   CopyOptions
 }
 
 // Convert copies image src into a new image dst of another format. The
@@ -340,14 +354,14 @@ func Convert(src, dst string, o ConvertOptions) (err error) {
 	if !o.NoCreate {
 		opts, err := CreateOptionsFor(dstFmt, o.CreateOptions, in.Size())
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: %w", dst, err)
 		}
 		if err := block.Create(dst, dstFmt, opts); err != nil {
 			return err
 		}
 		created = block.IsLocalName(dst)
 	}
-	out, err := block.Open(dst, block.OpenOptions{Format: dstFmt})
+	out, err := block.Open(dst, block.OpenOptions{Format: dstFmt, Unsafe: o.Unsafe})
 	if err != nil {
 		if created {
 			os.Remove(dst)
@@ -355,7 +369,10 @@ func Convert(src, dst string, o ConvertOptions) (err error) {
 		return err
 	}
 	cp := o.Copy
-	cp.TargetZeroed = !o.NoCreate
+	// A new local file (or RAM disk) reads as zeros; a container behind
+	// another protocol (an NBD export) may hold old data, so zeros are
+	// written there explicitly.
+	cp.TargetZeroed = !o.NoCreate && (block.IsLocalName(dst) || strings.HasPrefix(dst, "mem:"))
 	cerr := Copy(in, out, cp)
 	if cerr != nil {
 		cerr = fmt.Errorf("%s: %w", dst, cerr)

@@ -1,6 +1,7 @@
 package imgtool
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -88,5 +89,46 @@ func TestFormattingLineRaw(t *testing.T) {
 	}
 	if got := FormattingLine("a.img", f, o); got != "Formatting 'a.img', fmt=raw size=1048576 preallocation=full" {
 		t.Errorf("%s", got)
+	}
+}
+
+func TestConvertFiles(t *testing.T) {
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "src.img"), filepath.Join(dir, "dst.img")
+	if err := block.Create(src, "raw", block.Options{"size": int64(4 << 20)}); err != nil {
+		t.Fatal(err)
+	}
+	img, err := block.Open(src, block.OpenOptions{Format: "raw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img.WriteAt([]byte("hello"), 3<<20)
+	img.Close()
+	if err := Convert(src, dst, ConvertOptions{SrcFormat: "raw", DstFormat: "raw"}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(dst)
+	if len(got) != 4<<20 || string(got[3<<20:3<<20+5]) != "hello" {
+		t.Fatalf("converted image wrong: %d bytes", len(got))
+	}
+	// A failed conversion removes the target it created.
+	bad := filepath.Join(dir, "bad.img")
+	if err := Convert(src, bad, ConvertOptions{Copy: CopyOptions{Compress: true}}); err == nil || !strings.Contains(err.Error(), "bad.img") {
+		t.Errorf("compressing into raw: %v", err)
+	}
+	if _, err := os.Stat(bad); !os.IsNotExist(err) {
+		t.Error("failed convert left its target behind")
+	}
+	if err := Convert(filepath.Join(dir, "missing"), bad, ConvertOptions{}); err == nil {
+		t.Error("missing source accepted")
+	}
+	// -n writes into an existing image, zeroing what the source lacks.
+	os.WriteFile(bad, bytes.Repeat([]byte{1}, 4<<20), 0o644)
+	if err := Convert(src, bad, ConvertOptions{NoCreate: true, DstFormat: "raw", Unsafe: true}); err != nil {
+		t.Fatal(err)
+	}
+	got2, _ := os.ReadFile(bad)
+	if !bytes.Equal(got, got2) {
+		t.Error("-n conversion differs from the source")
 	}
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # vdisk create: sizes with suffixes, options, -o help and every error path.
 # A failed create leaves no file behind.
-run() { "$@"; echo "exit $?"; }
+# The list of known formats depends on the drivers linked in.
+run() { "$@" 2>&1 | sed "s/(known formats: [^)]*)/(known formats: ...)/"; echo "exit ${PIPESTATUS[0]}"; }
 run $VDISK create a.img 10M
 run $VDISK create -f raw b.img 1.5k
 stat -c '%n %s' a.img b.img

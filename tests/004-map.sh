@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # vdisk map of a sparse raw image: JSON and human, with ranges.
-run() { "$@"; echo "exit $?"; }
+# The list of known formats depends on the drivers linked in.
+run() { "$@" 2>&1 | sed "s/(known formats: [^)]*)/(known formats: ...)/"; echo "exit ${PIPESTATUS[0]}"; }
 $VDISK create -q a.img 4M
 $VDISK io -c 'write -P 1 64k 128k' -c 'write -P 2 1M 4k' -c 'write -P 3 3M 1M' a.img >/dev/null
 run $VDISK map a.img

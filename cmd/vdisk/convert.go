@@ -16,18 +16,21 @@ func init() {
 	var (
 		of                   openFlags
 		outFmt, opts, sparse string
+		cacheMode            string
 		progress, compress   bool
 		outOfOrder, noCreate bool
 		workers              int
 	)
 	cmd := &cobra.Command{
-		Use:   "convert [-f FMT] [-O FMT] [-o OPTS] [-p] [-S SIZE] [-c] [-W] [-m N] [-n] [-U] SRC DST",
+		Use:   "convert [-f FMT] [-O FMT] [-o OPTS] [-p] [-S SIZE] [-c] [-W] [-m N] [-n] [-t CACHE] [-U] SRC DST",
 		Short: "Copy an image into a new image, possibly of another format",
 		Long: `Copy the content of SRC into a new image DST of format -O (default raw),
 keeping it sparse: runs of zeros of at least -S bytes (default 4K) are not
 written. -c compresses where the target format supports it; -m sets the
 number of parallel requests (default 8); -W lets writes complete out of
-order; -n writes into an existing DST instead of creating it.`,
+order; -n writes into an existing DST instead of creating it. The target
+is flushed to stable storage before convert exits, unless -t unsafe (which
+is what qemu-img convert does by default).`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if wantsHelp(opts) {
 				return nil
@@ -59,6 +62,14 @@ order; -n writes into an existing DST instead of creating it.`,
 			if noCreate && opts != "" {
 				return usageError(cmd, "-o has no effect with -n (the target is not created)")
 			}
+			unsafe := false
+			switch cacheMode {
+			case "unsafe":
+				unsafe = true
+			case "writeback", "writethrough", "none", "directsync":
+			default:
+				return usageError(cmd, "invalid cache mode '%s' for -t: use writeback (the default) or unsafe", cacheMode)
+			}
 			cs, err := of.cache()
 			if err != nil {
 				return err
@@ -70,6 +81,7 @@ order; -n writes into an existing DST instead of creating it.`,
 				NoCreate:      noCreate,
 				ForceShare:    of.forceShare,
 				CacheSize:     cs,
+				Unsafe:        unsafe,
 				Copy: imgtool.CopyOptions{
 					Sparse:     sp,
 					Compress:   compress,
@@ -100,6 +112,7 @@ order; -n writes into an existing DST instead of creating it.`,
 	fs.BoolVarP(&outOfOrder, "out-of-order", "W", false, "allow writes to complete out of order")
 	fs.IntVarP(&workers, "parallel", "m", imgtool.DefaultWorkers, "parallel requests (1-16)")
 	fs.BoolVarP(&noCreate, "no-create", "n", false, "write into an existing target image")
+	fs.StringVarP(&cacheMode, "cache", "t", "writeback", "target cache mode: writeback (data on disk when convert ends) or unsafe (no final flush, qemu-img convert's default)")
 	rootCmd.AddCommand(cmd)
 }
 

@@ -33,6 +33,8 @@ type Image struct {
 	// probed guards sector 0: a raw image whose format was guessed must not
 	// let a guest turn it into something that probes as another format.
 	probed bool
+	// unsafe skips syncing on Flush and Close (cache=unsafe).
+	unsafe bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -45,7 +47,7 @@ func Open(f block.File, opts *block.OpenOptions) (block.Image, error) {
 		f.Close()
 		return nil, fmt.Errorf("raw: size: %w", err)
 	}
-	m := &Image{f: f, readOnly: opts.ReadOnly, probed: opts.Probed}
+	m := &Image{f: f, readOnly: opts.ReadOnly, probed: opts.Probed, unsafe: opts.Unsafe}
 	m.size.Store(size)
 	return m, nil
 }
@@ -170,7 +172,7 @@ func (m *Image) guardProbe(p []byte, off int64) error {
 }
 
 func (m *Image) Flush() error {
-	if m.readOnly {
+	if m.readOnly || m.unsafe {
 		return nil
 	}
 	return m.f.Sync()
@@ -269,7 +271,7 @@ func (m *Image) Resize(size int64, shrink bool) error {
 func (m *Image) Close() error {
 	m.closeOnce.Do(func() {
 		var ferr error
-		if !m.readOnly {
+		if !m.readOnly && !m.unsafe {
 			ferr = m.f.Sync()
 		}
 		m.closeErr = errors.Join(ferr, m.f.Close())

@@ -1,0 +1,173 @@
+package qcow2
+
+import (
+	"fmt"
+	"sort"
+
+	"vdisk/block"
+)
+
+// maxHostCluster bounds host offsets to what an L2 entry can hold.
+const maxHostOffset = int64(1) << 56
+
+// allocClusters allocates n contiguous free clusters and returns the host
+// offset of the first. Their refcounts are raised in the cache only; the
+// flush order writes refcounts before anything that refers to them.
+// img.mu held exclusively.
+func (img *Image) allocClusters(n int64) (int64, error) {
+	if n <= 0 {
+		return 0, fmt.Errorf("qcow2: allocating %d clusters", n)
+	}
+	s, err := img.findFree(n)
+	if err != nil {
+		return 0, err
+	}
+	if (s+n)<<img.cbits > maxHostOffset {
+		return 0, fmt.Errorf("qcow2: image file would exceed %d bytes", maxHostOffset)
+	}
+	img.reserved = append(img.reserved, [2]int64{s, s + n})
+	defer func() { img.reserved = img.reserved[:len(img.reserved)-1] }()
+	for c := s; c < s+n; c++ {
+		if err := img.setRefcount(c, 1); err != nil {
+			return 0, err
+		}
+	}
+	return s << img.cbits, nil
+}
+
+// findFree finds n contiguous clusters with refcount 0 that no allocation
+// in progress has reserved, from the lowest candidate up.
+func (img *Image) findFree(n int64) (int64, error) {
+	start, run := int64(0), int64(0)
+	seenFree := false
+	fsize, err := img.f.Size()
+	if err != nil {
+		return 0, err
+	}
+	// Refcounts claiming clusters far past the end of the file are
+	// corrupt; stop rather than scan them for ever.
+	limit := (fsize >> img.cbits) + 1<<20
+	for c := max(img.freeHint, 1); ; c++ {
+		if c<<img.cbits > maxHostOffset || c > limit {
+			return 0, fmt.Errorf("qcow2: no free cluster found (corrupt refcounts? run 'vdisk check -r all')")
+		}
+		free := img.reservedAt(c) < 0
+		if free {
+			// Past the refcount table everything is free: skip the lookups.
+			if c>>img.rbBits >= int64(len(img.reftable)) && !img.reservedFrom(c) {
+				if run == 0 {
+					start = c
+				}
+				return start, nil
+			}
+			rc, err := img.refcount(c)
+			if err != nil {
+				return 0, err
+			}
+			free = rc == 0
+		}
+		if !free {
+			run = 0
+			if !seenFree {
+				img.freeHint = c + 1
+			}
+			continue
+		}
+		seenFree = true
+		if run == 0 {
+			start = c
+		}
+		run++
+		if run == n {
+			return start, nil
+		}
+	}
+}
+
+func (img *Image) reservedFrom(c int64) bool {
+	for _, r := range img.reserved {
+		if r[1] > c {
+			return true
+		}
+	}
+	return false
+}
+
+// punch gives freed clusters' space back to the file system.
+func (img *Image) punch(clusters []int64) {
+	hp, ok := img.f.(block.HolePuncher)
+	if !ok {
+		return
+	}
+	for i := 0; i < len(clusters); {
+		j := i + 1
+		for j < len(clusters) && clusters[j] == clusters[j-1]+1 {
+			j++
+		}
+		hp.PunchHole(clusters[i]<<img.cbits, int64(j-i)<<img.cbits)
+		i = j
+	}
+}
+
+// allocBytes allocates n bytes for compressed data, packing several
+// compressed clusters into one host cluster. Every host cluster the bytes
+// touch gets one more reference.
+func (img *Image) allocBytes(n int64) (int64, error) {
+	if img.compNext != 0 {
+		end := (img.compNext | (img.cs - 1)) + 1
+		if img.compNext+n <= end {
+			off := img.compNext
+			if err := img.addRefcount(off>>img.cbits, 1); err != nil {
+				return 0, err
+			}
+			img.compNext += n
+			if img.compNext == end {
+				img.compNext = 0
+			}
+			return off, nil
+		}
+	}
+	k := (n + img.cs - 1) >> img.cbits
+	off, err := img.allocClusters(k)
+	if err != nil {
+		return 0, err
+	}
+	img.compNext = off + n
+	if img.compNext&(img.cs-1) == 0 {
+		img.compNext = 0
+	}
+	return off, nil
+}
+
+// applyPending applies the queued refcount decrements. Called by flush
+// only after the metadata that dropped the references is durable.
+func (img *Image) applyPending() error {
+	if len(img.pending) == 0 {
+		return nil
+	}
+	idx := make([]int64, 0, len(img.pending))
+	for c := range img.pending {
+		idx = append(idx, c)
+	}
+	sort.Slice(idx, func(a, b int) bool { return idx[a] < idx[b] })
+	var freed []int64
+	for _, c := range idx {
+		d := img.pending[c]
+		delete(img.pending, c)
+		if img.compNext != 0 && img.compNext>>img.cbits == c {
+			img.compNext = 0
+		}
+		if err := img.addRefcount(c, -d); err != nil {
+			return err
+		}
+		if rc, _ := img.refcount(c); rc == 0 {
+			// A freed metadata cluster must not be served from the cache
+			// once it is reused for something else.
+			img.l2c.drop(c << img.cbits)
+			img.rbc.drop(c << img.cbits)
+			freed = append(freed, c)
+		}
+	}
+	img.punch(freed)
+	return nil
+}

@@ -1,0 +1,439 @@
+package qcow2
+
+import (
+	"fmt"
+
+	"vdisk/block"
+)
+
+// maxCheckClusters bounds the reference count array of a check.
+const maxCheckClusters = 1 << 28
+
+// Check verifies refcounts and table structure with qemu-img check's
+// categories, repairing what mode allows.
+func (img *Image) Check(mode block.RepairMode) (*block.CheckResult, error) {
+	if mode != block.RepairNone && img.ro {
+		return nil, block.ErrReadOnly
+	}
+	if mode == block.RepairNone {
+		img.mu.RLock()
+		defer img.mu.RUnlock()
+	} else {
+		img.mu.Lock()
+		defer img.mu.Unlock()
+		if err := img.flushLocked(false); err != nil {
+			return nil, err
+		}
+	}
+	return img.checkLocked(mode, false)
+}
+
+// checker accumulates computed references.
+type checker struct {
+	img       *Image
+	refs      []uint32
+	beyond    map[int64]uint32 // references past the end of the file
+	res       *block.CheckResult
+	allocated int64
+	frag      int64
+	comp      int64
+	lastHost  int64
+}
+
+func (c *checker) errorf(format string, a ...any) {
+	c.res.Corruptions++
+	c.res.Messages = append(c.res.Messages, fmt.Sprintf(format, a...))
+}
+
+func (c *checker) inc(off, n int64) {
+	if n <= 0 {
+		return
+	}
+	if off < 0 || off > maxHostOffset || n > maxHostOffset {
+		c.errorf("ERROR reference to %#x+%d outside any valid host offset", off, n)
+		return
+	}
+	for cl := off >> c.img.cbits; cl <= (off+n-1)>>c.img.cbits; cl++ {
+		if cl < int64(len(c.refs)) {
+			if c.refs[cl] != ^uint32(0) {
+				c.refs[cl]++
+			}
+		} else {
+			c.beyond[cl]++
+		}
+	}
+}
+
+// walkL1 counts an L1 table's references; active adds allocation and
+// fragmentation statistics as qemu-img does.
+func (c *checker) walkL1(l1 []uint64, active bool) {
+	img := c.img
+	for i, e1 := range l1 {
+		l2off := int64(e1 & offsetMask)
+		if l2off == 0 {
+			continue
+		}
+		if l2off&(img.cs-1) != 0 {
+			c.errorf("ERROR l2_offset=%x: Table is not cluster aligned; L1 entry corrupted", l2off)
+			continue
+		}
+		c.inc(l2off, img.cs)
+		if l2off+img.cs > int64(len(c.refs))<<img.cbits {
+			c.errorf("ERROR l2_offset=%x: L2 table beyond the end of the image file (L1 index %d)", l2off, i)
+			continue
+		}
+		t, err := img.loadTable(img.l2c, l2off, "L2 table")
+		if err != nil {
+			c.res.CheckErrors++
+			c.res.Messages = append(c.res.Messages, fmt.Sprintf("ERROR: %v", err))
+			continue
+		}
+		// QEMU counts fragmentation within each L2 table.
+		c.lastHost = 0
+		for j := 0; j < 1<<img.l2Bits; j++ {
+			e := img.getEntry(t, j)
+			if e.compressed() {
+				if e.copied() {
+					c.errorf("ERROR: coffset=%x: copied flag must never be set for compressed clusters", e.d&img.compOffMask)
+				}
+				if img.ext && e.bm != 0 {
+					c.errorf("ERROR compressed cluster %d with non-zero subcluster allocation bitmap, entry=%#x", int64(i)<<img.l2Bits+int64(j), e.d)
+				}
+				_, _, rs, rl := img.compRange(e)
+				c.inc(rs, rl)
+				if active {
+					c.allocated++
+					c.comp++
+					c.frag++
+				}
+				continue
+			}
+			h := e.host()
+			if img.ext && (uint32(e.bm)&uint32(e.bm>>32) != 0 || h == 0 && uint32(e.bm) != 0) {
+				c.errorf("ERROR invalid cluster entry=%#x bitmap=%#x", e.d, e.bm)
+			}
+			if h == 0 {
+				continue
+			}
+			if e.d&^(flagCopied|offsetMask|flagZero) != 0 || h&(img.cs-1) != 0 {
+				c.errorf("ERROR offset=%x: Cluster is not properly aligned; L2 entry corrupted", h)
+				continue
+			}
+			if active {
+				c.allocated++
+				if c.lastHost != 0 && h != c.lastHost {
+					c.frag++
+				}
+				c.lastHost = h + img.cs
+			}
+			c.inc(h, img.cs)
+		}
+	}
+}
+
+// computeRefs counts every reference the image's structures make.
+// withRefcounts includes the refcount table and blocks themselves.
+func (img *Image) computeRefs(res *block.CheckResult, withRefcounts bool) (*checker, error) {
+	fsize, err := img.f.Size()
+	if err != nil {
+		return nil, err
+	}
+	n := (fsize + img.cs - 1) >> img.cbits
+	if n > maxCheckClusters {
+		return nil, fmt.Errorf("qcow2: image file too large to check (%d clusters)", n)
+	}
+	c := &checker{img: img, refs: make([]uint32, n), beyond: map[int64]uint32{}, res: res}
+	c.inc(0, img.cs)
+	h := img.h
+	c.inc(int64(h.l1Offset), int64(len(img.l1))*8)
+	c.walkL1(img.l1, true)
+	c.inc(int64(h.snapshotsOffset), img.snapshotTableSize())
+	for _, s := range img.snapshots {
+		c.inc(int64(s.l1Offset), int64(s.l1Size)*8)
+		l1, err := img.readL1(s.l1Offset, s.l1Size)
+		if err != nil {
+			res.CheckErrors++
+			res.Messages = append(res.Messages, fmt.Sprintf("ERROR: %v", err))
+			continue
+		}
+		c.walkL1(l1, false)
+	}
+	if withRefcounts {
+		c.inc(int64(h.reftableOffset), int64(h.reftableClusters)<<img.cbits)
+		for i, e := range img.reftable {
+			off := int64(e & refOffsetMask)
+			if off == 0 {
+				continue
+			}
+			if off&(img.cs-1) != 0 {
+				c.errorf("ERROR refcount block %d is not cluster aligned; refcount table entry corrupted", i)
+				continue
+			}
+			if off >= fsize {
+				c.errorf("ERROR refcount block %d is outside image", i)
+				continue
+			}
+			c.inc(off, img.cs)
+		}
+	}
+	return c, nil
+}
+
+// checkLocked runs a check and the repairs mode allows; rebuild forces a
+// rebuild of the refcount structures (a dirty image).
+func (img *Image) checkLocked(mode block.RepairMode, rebuild bool) (*block.CheckResult, error) {
+	res, needRebuild, copiedErrs, err := img.checkPass()
+	if err != nil {
+		return nil, err
+	}
+	if mode == block.RepairNone && !rebuild {
+		return res, nil
+	}
+	// As in QEMU, COPIED flags are judged after the refcounts are repaired,
+	// so only those still wrong then count as fixed corruptions.
+	firstLeaks, firstCorr := res.Leaks, res.Corruptions-copiedErrs
+	repaired := false
+	if rebuild || (needRebuild && mode&block.RepairErrors != 0) {
+		if err := img.rebuildRefcounts(); err != nil {
+			return nil, err
+		}
+		repaired = true
+	} else if res.Leaks > 0 && mode&block.RepairLeaks != 0 || res.Corruptions > 0 && mode&block.RepairErrors != 0 {
+		if err := img.fixRefcountsInPlace(mode); err != nil {
+			return nil, err
+		}
+		repaired = true
+	}
+	if mode&block.RepairErrors != 0 || rebuild {
+		if n, err := img.fixCopied(); err != nil {
+			return nil, err
+		} else if n > 0 {
+			repaired = true
+			firstCorr += n
+		}
+	}
+	if !repaired {
+		return res, nil
+	}
+	if err := img.flushLocked(false); err != nil {
+		return nil, err
+	}
+	res2, _, _, err := img.checkPass()
+	if err != nil {
+		return nil, err
+	}
+	res2.LeaksFixed = max(firstLeaks-res2.Leaks, 0)
+	res2.CorruptionsFixed = max(firstCorr-res2.Corruptions, 0)
+	res2.Messages = append(res.Messages, res2.Messages...)
+	return res2, nil
+}
+
+// checkPass compares computed and stored refcounts. needRebuild reports
+// refcount errors that only a rebuild can fix safely.
+func (img *Image) checkPass() (*block.CheckResult, bool, int, error) {
+	res := &block.CheckResult{Filename: img.name, Format: "qcow2"}
+	c, err := img.computeRefs(res, true)
+	if err != nil {
+		return nil, false, 0, err
+	}
+	copiedErrs := 0
+	needRebuild := res.Corruptions > 0
+	var maxUsed int64 = -1
+	for cl := int64(0); cl < int64(len(c.refs)); cl++ {
+		ref := uint64(c.refs[cl])
+		rc, err := img.refcount(cl)
+		if err != nil {
+			res.CheckErrors++
+			res.Messages = append(res.Messages, fmt.Sprintf("ERROR: %v", err))
+			needRebuild = true
+			continue
+		}
+		if rc > 0 || ref > 0 {
+			maxUsed = cl
+		}
+		switch {
+		case rc == ref:
+		case rc < ref:
+			c.errorf("ERROR cluster %d refcount=%d reference=%d", cl, rc, ref)
+			needRebuild = true
+		default:
+			res.Leaks++
+			res.Messages = append(res.Messages, fmt.Sprintf("Leaked cluster %d refcount=%d reference=%d", cl, rc, ref))
+		}
+	}
+	for cl, ref := range c.beyond {
+		c.errorf("ERROR cluster %d refcount=0 reference=%d (beyond the end of the file)", cl, ref)
+	}
+	// Refcounts of clusters past the end of the file.
+	for bi, e := range img.reftable {
+		if e&refOffsetMask == 0 || (int64(bi)+1)<<img.rbBits <= int64(len(c.refs)) {
+			continue
+		}
+		for cl := max(int64(bi)<<img.rbBits, int64(len(c.refs))); cl < (int64(bi)+1)<<img.rbBits; cl++ {
+			rc, err := img.refcount(cl)
+			if err != nil {
+				break
+			}
+			if rc > 0 && c.beyond[cl] == 0 {
+				res.Leaks++
+				res.Messages = append(res.Messages, fmt.Sprintf("Leaked cluster %d refcount=%d reference=0", cl, rc))
+				maxUsed = max(maxUsed, cl)
+			}
+		}
+	}
+	// COPIED flags of the active tree.
+	for i, e1 := range img.l1 {
+		l2off := int64(e1 & offsetMask)
+		if l2off == 0 || l2off&(img.cs-1) != 0 {
+			continue
+		}
+		rc, err := img.refcount(l2off >> img.cbits)
+		if err != nil {
+			continue
+		}
+		if (rc == 1) != (e1&flagCopied != 0) {
+			c.errorf("ERROR OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d", i, e1, rc)
+			copiedErrs++
+		}
+		t, err := img.loadTable(img.l2c, l2off, "L2 table")
+		if err != nil {
+			continue
+		}
+		for j := 0; j < 1<<img.l2Bits; j++ {
+			e := img.getEntry(t, j)
+			if e.compressed() || e.host() == 0 || e.host()&(img.cs-1) != 0 {
+				continue
+			}
+			rc, err := img.refcount(e.host() >> img.cbits)
+			if err != nil {
+				continue
+			}
+			if (rc == 1) != e.copied() {
+				c.errorf("ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=%d", e.d, rc)
+				copiedErrs++
+			}
+		}
+	}
+	res.ImageEndOffset = (maxUsed + 1) << img.cbits
+	res.TotalClusters = (img.Size() + img.cs - 1) >> img.cbits
+	res.AllocatedClusters = c.allocated
+	res.FragmentedClusters = c.frag
+	res.CompressedClusters = c.comp
+	return res, needRebuild, copiedErrs, nil
+}
+
+// fixRefcountsInPlace sets each wrong refcount to the computed value where
+// that needs no new refcount block.
+func (img *Image) fixRefcountsInPlace(mode block.RepairMode) error {
+	res := &block.CheckResult{}
+	c, err := img.computeRefs(res, true)
+	if err != nil {
+		return err
+	}
+	for cl := int64(0); cl < int64(len(c.refs)); cl++ {
+		ref := uint64(c.refs[cl])
+		rc, err := img.refcount(cl)
+		if err != nil {
+			return err
+		}
+		if rc > ref && mode&block.RepairLeaks != 0 || rc < ref && mode&block.RepairErrors != 0 {
+			if err := img.setRefcount(cl, ref); err != nil {
+				return err
+			}
+		}
+	}
+	for bi, e := range img.reftable {
+		if e&refOffsetMask == 0 || (int64(bi)+1)<<img.rbBits <= int64(len(c.refs)) || mode&block.RepairLeaks == 0 {
+			continue
+		}
+		for cl := max(int64(bi)<<img.rbBits, int64(len(c.refs))); cl < (int64(bi)+1)<<img.rbBits; cl++ {
+			if rc, err := img.refcount(cl); err == nil && rc > 0 {
+				if err := img.setRefcount(cl, 0); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	img.freeHint = 0
+	return nil
+}
+
+// rebuildRefcounts writes a fresh refcount table and blocks after the last
+// used cluster, from references computed by walking the image, and points
+// the header at them. The old structures become free space.
+func (img *Image) rebuildRefcounts() error {
+	res := &block.CheckResult{}
+	c, err := img.computeRefs(res, false)
+	if err != nil {
+		return err
+	}
+	end := int64(1)
+	for cl := int64(len(c.refs)) - 1; cl >= 0; cl-- {
+		if c.refs[cl] > 0 {
+			end = cl + 1
+			break
+		}
+	}
+	for cl := range c.beyond {
+		end = max(end, cl+1)
+	}
+	R := int64(1) << img.rbBits
+	var nb, nt int64
+	for {
+		total := end + nb + nt
+		nb2 := (total + R - 1) / R
+		nt2 := (nb2*8 + img.cs - 1) >> img.cbits
+		if nb2 == nb && nt2 == nt {
+			break
+		}
+		nb, nt = nb2, nt2
+	}
+	if nt<<img.cbits > maxReftableBytes {
+		return fmt.Errorf("qcow2: image too large for a refcount table")
+	}
+	ref := func(cl int64) uint64 {
+		switch {
+		case cl >= end && cl < end+nb+nt:
+			return 1
+		case cl < int64(len(c.refs)):
+			return uint64(c.refs[cl])
+		}
+		return uint64(c.beyond[cl])
+	}
+	table := make([]uint64, nt<<img.cbits/8)
+	blk := make([]byte, img.cs)
+	for b := int64(0); b < nb; b++ {
+		clear(blk)
+		for i := int64(0); i < R; i++ {
+			v := ref(b*R + i)
+			if v > img.rcMax() {
+				return fmt.Errorf("qcow2: cluster %d has %d references, more than %d-bit refcounts hold", b*R+i, v, 1<<img.rcBits)
+			}
+			img.rcPut(blk, i, v)
+		}
+		off := (end + b) << img.cbits
+		if _, err := img.f.WriteAt(blk, off); err != nil {
+			return fmt.Errorf("qcow2: writing refcount block: %w", err)
+		}
+		table[b] = uint64(off)
+	}
+	toff := (end + nb) << img.cbits
+	if _, err := img.f.WriteAt(encodeTable(table), toff); err != nil {
+		return fmt.Errorf("qcow2: writing refcount table: %w", err)
+	}
+	if err := img.sync(); err != nil {
+		return err
+	}
+	img.h.reftableOffset = uint64(toff)
+	img.h.reftableClusters = uint32(nt)
+	if err := img.writeHeaderSynced(); err != nil {
+		return err
+	}
+	img.reftable = table
+	img.rtDirty, img.rtMoved = false, false
+	img.rbc.clear()
+	img.pending = map[int64]int64{}
+	img.freeHint = 0
+	img.compNext = 0
+	return nil
+}

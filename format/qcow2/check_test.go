@@ -1,0 +1,158 @@
+package qcow2_test
+
+import (
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"vdisk/block"
+)
+
+func poke(t *testing.T, name string, off int64, b []byte) {
+	t.Helper()
+	f, err := os.OpenFile(name, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func be16(v uint16) []byte  { return binary.BigEndian.AppendUint16(nil, v) }
+func be64b(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+
+func checkImage(t *testing.T, name string, mode block.RepairMode) *block.CheckResult {
+	t.Helper()
+	img, err := block.Open(name, block.OpenOptions{Format: "qcow2", ReadOnly: mode == block.RepairNone})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	res, err := img.(block.Checker).Check(mode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// A fresh qemu-img image with 64 KiB clusters: header, reftable at 64k,
+// refblock at 128k, L1 at 192k; the data write puts an L2 table at 256k and
+// data at 320k.
+func leakyImage(t *testing.T) string {
+	name := filepath.Join(t.TempDir(), "l.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", name, "8M")
+	qemuIO(t, name, "qcow2", "write -P 1 0 64k", "write -c -P 2 64k 64k")
+	return name
+}
+
+func TestCheckLeaksAndRepair(t *testing.T) {
+	name := leakyImage(t)
+	res := checkImage(t, name, block.RepairNone)
+	if res.Leaks != 0 || res.Corruptions != 0 || res.AllocatedClusters != 2 || res.CompressedClusters != 1 || res.TotalClusters != 128 {
+		t.Fatalf("clean image: %+v", res)
+	}
+	poke(t, name, 128<<10+2*9, be16(1)) // cluster 9 is beyond all data: a leak
+	res = checkImage(t, name, block.RepairNone)
+	if res.Leaks != 1 || res.Corruptions != 0 {
+		t.Fatalf("leak: %+v", res)
+	}
+	res = checkImage(t, name, block.RepairLeaks)
+	if res.Leaks != 0 || res.LeaksFixed != 1 {
+		t.Fatalf("leak repair: %+v", res)
+	}
+	qemuCheck(t, name)
+}
+
+func TestCheckCorruptionAndRebuild(t *testing.T) {
+	name := leakyImage(t)
+	poke(t, name, 128<<10+2*5, be16(0)) // the data cluster's refcount
+	res := checkImage(t, name, block.RepairNone)
+	if res.Corruptions == 0 {
+		t.Fatalf("corruption not found: %+v", res)
+	}
+	want := qemuRaw(t, name)
+	res = checkImage(t, name, block.RepairAll)
+	if res.Corruptions != 0 || res.CorruptionsFixed == 0 {
+		t.Fatalf("repair: %+v", res)
+	}
+	qemuCheck(t, name)
+	if got := qemuRaw(t, name); string(got) != string(want) {
+		t.Fatal("repair changed the content")
+	}
+}
+
+func TestCheckBadL2Offset(t *testing.T) {
+	name := leakyImage(t)
+	poke(t, name, 192<<10, be64b(1<<63|(256<<10)+512)) // L1 entry not cluster aligned
+	res := checkImage(t, name, block.RepairNone)
+	if res.Corruptions == 0 {
+		t.Fatalf("misaligned L2 table not reported: %+v", res)
+	}
+	img, err := block.Open(name, block.OpenOptions{Format: "qcow2", ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if _, err := img.ReadAt(make([]byte, 512), 0); err == nil {
+		t.Fatal("read through a misaligned L2 table succeeded")
+	}
+}
+
+func TestIncompatibleFeatures(t *testing.T) {
+	name := leakyImage(t)
+	poke(t, name, 72, be64b(1<<9))
+	_, err := block.Open(name, block.OpenOptions{Format: "qcow2", ReadOnly: true})
+	if err == nil || !strings.Contains(err.Error(), "unknown feature bit 9") {
+		t.Fatalf("unknown incompatible feature: %v", err)
+	}
+	poke(t, name, 72, be64b(1<<2))
+	_, err = block.Open(name, block.OpenOptions{Format: "qcow2", ReadOnly: true})
+	if err == nil || !strings.Contains(err.Error(), "external data file") {
+		t.Fatalf("external data file: %v", err)
+	}
+	// corrupt: read-only only.
+	poke(t, name, 72, be64b(1<<1))
+	if _, err = block.Open(name, block.OpenOptions{Format: "qcow2"}); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("writable open of a corrupt image: %v", err)
+	}
+	img, err := block.Open(name, block.OpenOptions{Format: "qcow2", ReadOnly: true})
+	if err != nil {
+		t.Fatalf("read-only open of a corrupt image: %v", err)
+	}
+	img.Close()
+}
+
+func TestDirtyRebuild(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "d.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", name, "8M")
+	qemuIO(t, name, "qcow2", "write -P 1 0 64k")
+	// Simulate a crash with lazy refcounts: dirty bit set, refcount of the
+	// data cluster never written.
+	poke(t, name, 72, be64b(1))
+	poke(t, name, 128<<10+2*5, be16(0))
+	img, err := block.Open(name, block.OpenOptions{Format: "qcow2", ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := img.Info()
+	img.Close()
+	if !info.Dirty {
+		t.Fatal("dirty flag not reported")
+	}
+	img, err = block.Open(name, block.OpenOptions{Format: "qcow2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.WriteAt(make([]byte, 4096), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemuCheck(t, name)
+	qemuIO(t, name, "qcow2", "read -P 1 0 64k")
+}

@@ -1,0 +1,185 @@
+package qcow2_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"vdisk/block"
+)
+
+const (
+	crashBlock = 4096
+	crashSize  = 8 << 20
+)
+
+// crashPattern is the content of the write with sequence number seq: it
+// names itself, so a reader can tell which write a block holds.
+func crashPattern(seq uint64, off int64) []byte {
+	b := make([]byte, crashBlock)
+	r := rand.New(rand.NewSource(int64(seq)))
+	r.Read(b)
+	binary.BigEndian.PutUint64(b, seq)
+	binary.BigEndian.PutUint64(b[8:], uint64(off))
+	return b
+}
+
+// TestCrashWriter is the child process of TestCrash: it writes until it is
+// killed, logging the writes each completed flush acknowledged.
+func TestCrashWriter(t *testing.T) {
+	name := os.Getenv("QCOW2_CRASH_IMAGE")
+	if name == "" {
+		return // only runs as TestCrash's child
+	}
+	seed, _ := strconv.ParseInt(os.Getenv("QCOW2_CRASH_SEED"), 10, 64)
+	seq, _ := strconv.ParseUint(os.Getenv("QCOW2_CRASH_SEQ"), 10, 64)
+	logf, err := os.OpenFile(name+".log", os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := block.Open(name, block.OpenOptions{Format: "qcow2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewSource(seed))
+	var pending []string
+	for {
+		n := 1 + r.Intn(4)
+		off := r.Int63n(crashSize/crashBlock-int64(n)) * crashBlock
+		var buf []byte
+		for i := 0; i < n; i++ {
+			seq++
+			buf = append(buf, crashPattern(seq, off+int64(i)*crashBlock)...)
+			pending = append(pending, fmt.Sprintf("%d %d", off+int64(i)*crashBlock, seq))
+		}
+		if _, err := img.WriteAt(buf, off); err != nil {
+			t.Fatal(err)
+		}
+		if r.Intn(5) == 0 {
+			if err := img.Discard(r.Int63n(crashSize/65536)*65536, 65536); err != nil {
+				t.Fatal(err)
+			}
+			// Discarded blocks may read as zeros: not acknowledged content.
+			pending = append(pending, "flushmark")
+		}
+		if r.Intn(8) == 0 {
+			if err := img.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintln(logf, strings.Join(pending, "\n"))
+			logf.Sync()
+			pending = pending[:0]
+		}
+	}
+}
+
+func TestCrash(t *testing.T) {
+	for _, opts := range []string{"cluster_size=64k", "cluster_size=4k,lazy_refcounts=on"} {
+		t.Run(opts, func(t *testing.T) { crashRun(t, opts, 10) })
+	}
+}
+
+func crashRun(t *testing.T, opts string, kills int) {
+	dir := t.TempDir()
+	name := filepath.Join(dir, "crash.qcow2")
+	vdiskCreate(t, name, opts, crashSize)
+	r := rand.New(rand.NewSource(42))
+	seq := uint64(0)
+	for k := 0; k < kills; k++ {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashWriter$", "-test.count=1")
+		cmd.Env = append(os.Environ(), "QCOW2_CRASH_IMAGE="+name,
+			fmt.Sprintf("QCOW2_CRASH_SEED=%d", k), fmt.Sprintf("QCOW2_CRASH_SEQ=%d", seq))
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		cmd.Stdout = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(100+r.Intn(300)) * time.Millisecond)
+		cmd.Process.Kill()
+		cmd.Wait()
+		if strings.Contains(stderr.String(), "FAIL") {
+			t.Fatalf("writer failed:\n%s", stderr.String())
+		}
+		seq += 1 << 32 // sequence numbers of each run stay apart
+
+		if !strings.Contains(opts, "lazy") {
+			// No corruption ever; leaks are allowed.
+			out, _ := exec.Command("qemu-img", "check", name).CombinedOutput()
+			if strings.Contains(string(out), "ERROR") || strings.Contains(string(out), "corrupt") {
+				t.Fatalf("after kill %d: qemu-img check:\n%s", k, out)
+			}
+		} else {
+			// A dirty lazy-refcounts image is repaired by a writable open.
+			img, err := block.Open(name, block.OpenOptions{Format: "qcow2"})
+			if err != nil {
+				t.Fatalf("after kill %d: reopen: %v", k, err)
+			}
+			img.Close()
+			qemuCheck(t, name)
+		}
+		verifyCrash(t, name, k)
+	}
+	if fi, err := os.Stat(name + ".log"); err != nil || fi.Size() == 0 {
+		t.Fatal("the writer never completed a flush: the test checked nothing")
+	}
+	// A final repair leaves a clean image.
+	img, err := block.Open(name, block.OpenOptions{Format: "qcow2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.(block.Checker).Check(block.RepairAll); err != nil {
+		t.Fatal(err)
+	}
+	img.Close()
+	qemuCheck(t, name)
+}
+
+// verifyCrash checks that every block whose latest write a flush
+// acknowledged holds that write or a later one, intact.
+func verifyCrash(t *testing.T, name string, k int) {
+	f, err := os.Open(name + ".log")
+	if err != nil {
+		if os.IsNotExist(err) {
+			return
+		}
+		t.Fatal(err)
+	}
+	defer f.Close()
+	acked := map[int64]uint64{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var off int64
+		var seq uint64
+		if _, err := fmt.Sscanf(sc.Text(), "%d %d", &off, &seq); err == nil {
+			acked[off] = seq
+		}
+	}
+	img, err := block.Open(name, block.OpenOptions{Format: "qcow2", ReadOnly: true})
+	if err != nil {
+		t.Fatalf("after kill %d: open: %v", k, err)
+	}
+	defer img.Close()
+	buf := make([]byte, crashBlock)
+	for off, seq := range acked {
+		if _, err := img.ReadAt(buf, off); err != nil {
+			t.Fatalf("after kill %d: read %d: %v", k, off, err)
+		}
+		got := binary.BigEndian.Uint64(buf)
+		if block.IsZero(buf) {
+			continue // discarded afterwards (discards are not tracked)
+		}
+		if got < seq || binary.BigEndian.Uint64(buf[8:]) != uint64(off) || !bytes.Equal(buf, crashPattern(got, off)) {
+			t.Fatalf("after kill %d: block at %d holds write %d, acknowledged write was %d", k, off, got, seq)
+		}
+	}
+}

@@ -1,0 +1,459 @@
+package qcow2
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+
+	"vdisk/block"
+)
+
+// seg is a run of guest bytes of one kind; data runs are host-contiguous.
+type seg struct {
+	k          kind
+	goff, n    int64
+	host       int64
+	compressed l2e
+}
+
+// mapRange calls fn for the runs of [off, off+n), merging neighbours of the
+// same kind (and contiguous host offsets). img.mu held (either mode).
+func (img *Image) mapRange(off, n int64, fn func(s seg) error) error {
+	var cur seg
+	end := off + n
+	for pos := off; pos < end; {
+		vc := pos >> img.cbits
+		cend := min(end, (vc+1)<<img.cbits)
+		if l1i := vc >> img.l2Bits; l1i >= int64(len(img.l1)) || img.l1[l1i]&offsetMask == 0 {
+			// No L2 table: the whole range it would map is unallocated.
+			cend = min(end, (l1i+1)<<(img.l2Bits+img.cbits))
+		}
+		e, err := img.lookup(vc)
+		if err != nil {
+			return err
+		}
+		for pos < cend {
+			var s seg
+			in := pos & (img.cs - 1)
+			if img.ext && !e.compressed() && e != (l2e{}) {
+				sc := uint(in >> img.scBits)
+				s = seg{k: img.subKind(e, sc), goff: pos, n: min(cend, ((pos>>img.scBits)+1)<<img.scBits) - pos}
+			} else {
+				s = seg{k: img.kind(e), goff: pos, n: cend - pos}
+			}
+			s.host = -1
+			switch s.k {
+			case kCompressed:
+				s.compressed = e
+			default:
+				// Zero clusters and (extended L2) unallocated subclusters
+				// of an allocated cluster keep their host offset, as
+				// QEMU reports it.
+				if e.host() != 0 {
+					s.host = e.host() + in
+				}
+			}
+			if cur.n > 0 && cur.k == s.k && cur.k != kCompressed &&
+				((cur.host < 0) == (s.host < 0)) && (cur.host < 0 || cur.host+cur.n == s.host) {
+				cur.n += s.n
+			} else {
+				if cur.n > 0 {
+					if err := fn(cur); err != nil {
+						return err
+					}
+				}
+				cur = s
+			}
+			pos += s.n
+		}
+	}
+	if cur.n > 0 {
+		return fn(cur)
+	}
+	return nil
+}
+
+func (img *Image) ReadAt(p []byte, off int64) (int, error) {
+	if err := block.CheckRange(off, int64(len(p)), img.Size()); err != nil {
+		return 0, err
+	}
+	img.mu.RLock()
+	defer img.mu.RUnlock()
+	if img.closed {
+		return 0, block.ErrClosed
+	}
+	if err := img.readLocked(p, off); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// readLocked reads guest data with img.mu held (either mode).
+func (img *Image) readLocked(p []byte, off int64) error {
+	return img.mapRange(off, int64(len(p)), func(s seg) error {
+		b := p[s.goff-off : s.goff-off+s.n]
+		switch s.k {
+		case kData:
+			return img.readData(b, s.host)
+		case kZero:
+			clear(b)
+		case kUnalloc:
+			return img.readBacking(b, s.goff)
+		case kCompressed:
+			buf := make([]byte, img.cs)
+			if err := img.readCompressed(buf, s.compressed); err != nil {
+				return err
+			}
+			in := s.goff & (img.cs - 1)
+			copy(b, buf[in:in+s.n])
+		}
+		return nil
+	})
+}
+
+func (img *Image) readCompressed(out []byte, e l2e) error {
+	off, n, _, _ := img.compRange(e)
+	src := make([]byte, n)
+	if err := img.readData(src, off); err != nil {
+		return err
+	}
+	if err := img.decompress(out, src); err != nil {
+		return fmt.Errorf("%w (host offset %#x)", err, off)
+	}
+	return nil
+}
+
+func (img *Image) readBacking(b []byte, off int64) error {
+	if img.backing == nil {
+		clear(b)
+		return nil
+	}
+	bs := img.backing.Size()
+	if off >= bs {
+		clear(b)
+		return nil
+	}
+	k := min(int64(len(b)), bs-off)
+	if _, err := img.backing.ReadAt(b[:k], off); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("qcow2: reading backing file: %w", err)
+	}
+	clear(b[k:])
+	return nil
+}
+
+func (img *Image) WriteAt(p []byte, off int64) (int, error) {
+	if img.ro {
+		return 0, block.ErrReadOnly
+	}
+	if err := block.CheckRange(off, int64(len(p)), img.Size()); err != nil {
+		return 0, err
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	// Fast path: every cluster is already allocated and owned, so the
+	// write goes in place with the metadata lock shared.
+	img.mu.RLock()
+	if img.closed {
+		img.mu.RUnlock()
+		return 0, block.ErrClosed
+	}
+	done, err := img.writeInPlace(p, off)
+	img.mu.RUnlock()
+	if err != nil {
+		return 0, err
+	}
+	if done {
+		return len(p), nil
+	}
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	if img.closed {
+		return 0, block.ErrClosed
+	}
+	if err := img.writeLocked(p, off); err != nil {
+		return 0, err
+	}
+	if err := img.afterMetaChange(); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// inPlace reports whether a write into the cluster of e can go straight to
+// its host cluster.
+func (img *Image) inPlace(e l2e) bool {
+	if e.compressed() || !e.copied() || e.host() == 0 {
+		return false
+	}
+	if img.ext {
+		return uint32(e.bm) == 0xffffffff && e.bm>>32 == 0
+	}
+	return e.d&flagZero == 0
+}
+
+func (img *Image) writeInPlace(p []byte, off int64) (bool, error) {
+	end := off + int64(len(p))
+	type w struct{ host, goff, n int64 }
+	var ws []w
+	for pos := off; pos < end; {
+		vc := pos >> img.cbits
+		cend := min(end, (vc+1)<<img.cbits)
+		e, err := img.lookup(vc)
+		if err != nil {
+			return false, err
+		}
+		if !img.inPlace(e) {
+			return false, nil
+		}
+		h := e.host() + pos&(img.cs-1)
+		if k := len(ws); k > 0 && ws[k-1].host+ws[k-1].n == h {
+			ws[k-1].n += cend - pos
+		} else {
+			ws = append(ws, w{h, pos, cend - pos})
+		}
+		pos = cend
+	}
+	for _, x := range ws {
+		if _, err := img.f.WriteAt(p[x.goff-off:x.goff-off+x.n], x.host); err != nil {
+			return false, fmt.Errorf("qcow2: writing data at %#x: %w", x.host, err)
+		}
+	}
+	return true, nil
+}
+
+// writeLocked is the allocating write path; img.mu held exclusively.
+// Clusters it allocates get the whole cluster written (the rest copied from
+// what the cluster read as before) before their L2 entries change.
+func (img *Image) writeLocked(p []byte, off int64) error {
+	end := off + int64(len(p))
+	for pos := off; pos < end; {
+		vc := pos >> img.cbits
+		cstart := vc << img.cbits
+		cend := min(end, cstart+img.cs)
+		t, idx, err := img.l2ForWrite(vc)
+		if err != nil {
+			return err
+		}
+		e := img.getEntry(t, idx)
+		if img.inPlace(e) {
+			if _, err := img.f.WriteAt(p[pos-off:cend-off], e.host()+pos-cstart); err != nil {
+				return fmt.Errorf("qcow2: writing data: %w", err)
+			}
+			pos = cend
+			continue
+		}
+		reuse := e.host() != 0 && e.copied() && !e.compressed()
+		if pos == cstart && cend == cstart+img.cs && reuse {
+			// A preallocated zero cluster (or one with unallocated
+			// subclusters) owned by us: overwrite it whole.
+			if _, err := img.f.WriteAt(p[pos-off:cend-off], e.host()); err != nil {
+				return fmt.Errorf("qcow2: writing data: %w", err)
+			}
+			img.setEntry(t, idx, img.dataEntry(e.host()))
+			pos = cend
+			continue
+		}
+		// A run of whole clusters that need fresh allocation is allocated
+		// contiguously and written with one call.
+		if pos == cstart && cend == cstart+img.cs {
+			n := int64(1)
+			for maxN := (end - cstart) >> img.cbits; n < maxN && n < 1<<img.l2Bits-int64(idx); n++ {
+				e2 := img.getEntry(t, idx+int(n))
+				if img.inPlace(e2) || e2.host() != 0 && e2.copied() {
+					break
+				}
+			}
+			host, err := img.allocClusters(n)
+			if err != nil {
+				return err
+			}
+			if _, err := img.f.WriteAt(p[pos-off:pos-off+n<<img.cbits], host); err != nil {
+				return fmt.Errorf("qcow2: writing data at %#x: %w", host, err)
+			}
+			for i := int64(0); i < n; i++ {
+				old := img.getEntry(t, idx+int(i))
+				img.setEntry(t, idx+int(i), img.dataEntry(host+i<<img.cbits))
+				img.freeEntry(old)
+			}
+			pos += n << img.cbits
+			continue
+		}
+		// Partial cluster: merge with the current content.
+		buf := make([]byte, img.cs)
+		if err := img.readLocked(buf, cstart); err != nil {
+			return err
+		}
+		copy(buf[pos-cstart:], p[pos-off:cend-off])
+		host := e.host()
+		if !reuse {
+			if host, err = img.allocClusters(1); err != nil {
+				return err
+			}
+		}
+		if _, err := img.f.WriteAt(buf, host); err != nil {
+			return fmt.Errorf("qcow2: writing data at %#x: %w", host, err)
+		}
+		img.setEntry(t, idx, img.dataEntry(host))
+		if !reuse {
+			img.freeEntry(e)
+		}
+		pos = cend
+	}
+	return nil
+}
+
+func (img *Image) dataEntry(host int64) l2e {
+	e := l2e{d: uint64(host) | flagCopied}
+	if img.ext {
+		e.bm = 0xffffffff
+	}
+	return e
+}
+
+// afterMetaChange writes back metadata when the caches hold more dirty
+// tables than they should. img.mu held exclusively.
+func (img *Image) afterMetaChange() error {
+	if img.l2c.overfull() || img.rbc.overfull() || len(img.pending) > 4096 {
+		return img.flushLocked(false)
+	}
+	return nil
+}
+
+// flushLocked writes dirty metadata back in an order that keeps the image
+// consistent at every point (only leaks possible): data and new refcounts
+// first, then L2 tables, then L1 and header, and refcount decrements last.
+func (img *Image) flushLocked(closing bool) error {
+	rbd := img.rbc.dirtyTables()
+	l2d := img.l2c.dirtyTables()
+	dirty := len(rbd) > 0 || len(l2d) > 0 || img.l1Dirty || img.rtDirty || img.headerDirty || len(img.pending) > 0
+	if dirty && img.h.compatible&compatLazyRefcounts != 0 && !img.lazy && img.h.version >= 3 {
+		// Lazy refcounts: the dirty bit must be on disk before refcounts
+		// on disk may fall behind.
+		img.h.incompatible |= incDirty
+		if err := img.writeHeader(); err != nil {
+			return err
+		}
+		if err := img.sync(); err != nil {
+			return err
+		}
+		img.lazy = true
+	}
+	writeRefs := !img.lazy || closing || img.rtDirty || img.rbc.overfull()
+	if writeRefs {
+		if err := img.writeRefs(rbd); err != nil {
+			return err
+		}
+	}
+	if err := img.sync(); err != nil {
+		return err
+	}
+	if img.rtMoved {
+		if err := img.writeHeaderSynced(); err != nil {
+			return err
+		}
+		img.rtMoved = false
+	}
+	if len(l2d) > 0 {
+		sort.Slice(l2d, func(a, b int) bool { return l2d[a].off < l2d[b].off })
+		for _, t := range l2d {
+			if _, err := img.f.WriteAt(t.buf, t.off); err != nil {
+				return fmt.Errorf("qcow2: writing L2 table at %#x: %w", t.off, err)
+			}
+			t.dirty = false
+		}
+		if err := img.sync(); err != nil {
+			return err
+		}
+	}
+	if img.l1Dirty {
+		if err := img.writeL1(); err != nil {
+			return err
+		}
+		if err := img.sync(); err != nil {
+			return err
+		}
+	}
+	if img.l1Moved || img.headerDirty {
+		if err := img.writeHeaderSynced(); err != nil {
+			return err
+		}
+		img.l1Moved = false
+	}
+	if len(img.pending) > 0 {
+		if err := img.applyPending(); err != nil {
+			return err
+		}
+		writeRefs = !img.lazy || closing || img.rtDirty || img.rbc.overfull()
+		if writeRefs {
+			if err := img.writeRefs(img.rbc.dirtyTables()); err != nil {
+				return err
+			}
+			if err := img.sync(); err != nil {
+				return err
+			}
+			if img.rtMoved {
+				if err := img.writeHeaderSynced(); err != nil {
+					return err
+				}
+				img.rtMoved = false
+			}
+		}
+	}
+	if closing && img.lazy {
+		img.h.incompatible &^= incDirty
+		if err := img.writeHeaderSynced(); err != nil {
+			return err
+		}
+		img.lazy = false
+	}
+	img.l2c.evict()
+	img.rbc.evict()
+	return nil
+}
+
+func (img *Image) sync() error {
+	if err := img.f.Sync(); err != nil {
+		return fmt.Errorf("qcow2: sync: %w", err)
+	}
+	return nil
+}
+
+func (img *Image) writeHeaderSynced() error {
+	if err := img.writeHeader(); err != nil {
+		return err
+	}
+	return img.sync()
+}
+
+// writeRefs writes refcount blocks and then the refcount table that points
+// to them (the caller syncs).
+func (img *Image) writeRefs(rbd []*table) error {
+	for _, t := range rbd {
+		if _, err := img.f.WriteAt(t.buf, t.off); err != nil {
+			return fmt.Errorf("qcow2: writing refcount block at %#x: %w", t.off, err)
+		}
+		t.dirty = false
+	}
+	if img.rtDirty {
+		if len(rbd) > 0 {
+			if err := img.sync(); err != nil {
+				return err
+			}
+		}
+		if _, err := img.f.WriteAt(encodeTable(img.reftable), int64(img.h.reftableOffset)); err != nil {
+			return fmt.Errorf("qcow2: writing refcount table: %w", err)
+		}
+		img.rtDirty = false
+	}
+	return nil
+}
+
+func (img *Image) writeL1() error {
+	if _, err := img.f.WriteAt(encodeTable(img.l1), int64(img.h.l1Offset)); err != nil {
+		return fmt.Errorf("qcow2: writing L1 table: %w", err)
+	}
+	img.l1Dirty = false
+	return nil
+}

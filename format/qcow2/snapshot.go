@@ -1,0 +1,471 @@
+package qcow2
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"vdisk/block"
+)
+
+const (
+	maxSnapshotExtra   = 1024
+	maxSnapshotL1Total = 256 << 20
+)
+
+// snapshot is one entry of the snapshot table.
+type snapshot struct {
+	l1Offset    uint64
+	l1Size      uint32
+	id, name    string
+	dateSec     uint32
+	dateNsec    uint32
+	vmClockNsec uint64
+	vmState     uint32
+	extra       []byte // kept verbatim; holds the large vm state size, disk size, icount
+}
+
+func (s *snapshot) info() block.SnapshotInfo {
+	si := block.SnapshotInfo{
+		ID: s.id, Name: s.name, VMStateSize: int64(s.vmState),
+		DateSec: int64(s.dateSec), DateNsec: int64(s.dateNsec),
+		VMClockSec: int64(s.vmClockNsec / 1e9), VMClockNsec: int64(s.vmClockNsec % 1e9),
+	}
+	if len(s.extra) >= 8 {
+		si.VMStateSize = int64(be64(s.extra))
+	}
+	if len(s.extra) >= 24 {
+		if ic := be64(s.extra[16:]); ic != ^uint64(0) {
+			v := int64(ic)
+			si.ICount = &v
+		}
+	}
+	return si
+}
+
+func (s *snapshot) diskSize() (int64, bool) {
+	if len(s.extra) >= 16 {
+		return int64(be64(s.extra[8:])), true
+	}
+	return 0, false
+}
+
+// loadSnapshots reads and validates the snapshot table.
+func (img *Image) loadSnapshots() error {
+	h := img.h
+	off := int64(h.snapshotsOffset)
+	var total, l1Total int64
+	for i := uint32(0); i < h.nbSnapshots; i++ {
+		var fixed [40]byte
+		if err := readFull(img.f, fixed[:], off); err != nil {
+			return fmt.Errorf("qcow2: snapshot table entry %d: %w", i, err)
+		}
+		s := snapshot{
+			l1Offset: be64(fixed[0:]), l1Size: be32(fixed[8:]),
+			dateSec: be32(fixed[16:]), dateNsec: be32(fixed[20:]),
+			vmClockNsec: be64(fixed[24:]), vmState: be32(fixed[32:]),
+		}
+		idLen := int64(binary.BigEndian.Uint16(fixed[12:]))
+		nameLen := int64(binary.BigEndian.Uint16(fixed[14:]))
+		extraLen := int64(be32(fixed[36:]))
+		if extraLen > maxSnapshotExtra {
+			return fmt.Errorf("qcow2: snapshot %d has too much extra data", i)
+		}
+		rest := make([]byte, extraLen+idLen+nameLen)
+		if err := readFull(img.f, rest, off+40); err != nil {
+			return fmt.Errorf("qcow2: snapshot table entry %d: %w", i, err)
+		}
+		s.extra = rest[:extraLen]
+		s.id = string(rest[extraLen : extraLen+idLen])
+		s.name = string(rest[extraLen+idLen:])
+		n := (40 + int64(len(rest)) + 7) &^ 7
+		off += n
+		total += n
+		if total > maxSnapshotTable {
+			return errors.New("qcow2: snapshot table too large")
+		}
+		if s.l1Size > maxL1Bytes/8 {
+			return fmt.Errorf("qcow2: snapshot %q has an L1 table too large", s.name)
+		}
+		l1Total += int64(s.l1Size) * 8
+		if l1Total > maxSnapshotL1Total {
+			return errors.New("qcow2: snapshot L1 tables too large in total")
+		}
+		if s.l1Size > 0 {
+			fsize, _ := img.f.Size()
+			if err := checkTable("snapshot L1 table", s.l1Offset, uint64(s.l1Size)*8, uint64(img.cs), fsize); err != nil {
+				return err
+			}
+		}
+		img.snapshots = append(img.snapshots, s)
+	}
+	img.oldSnapshotTableLen = total
+	return nil
+}
+
+func (img *Image) snapshotTableSize() int64 {
+	var n int64
+	for _, s := range img.snapshots {
+		n += (40 + int64(len(s.extra)+len(s.id)+len(s.name)) + 7) &^ 7
+	}
+	return n
+}
+
+func (img *Image) encodeSnapshots() []byte {
+	b := make([]byte, img.snapshotTableSize())
+	off := 0
+	for _, s := range img.snapshots {
+		e := b[off:]
+		binary.BigEndian.PutUint64(e[0:], s.l1Offset)
+		binary.BigEndian.PutUint32(e[8:], s.l1Size)
+		binary.BigEndian.PutUint16(e[12:], uint16(len(s.id)))
+		binary.BigEndian.PutUint16(e[14:], uint16(len(s.name)))
+		binary.BigEndian.PutUint32(e[16:], s.dateSec)
+		binary.BigEndian.PutUint32(e[20:], s.dateNsec)
+		binary.BigEndian.PutUint64(e[24:], s.vmClockNsec)
+		binary.BigEndian.PutUint32(e[32:], s.vmState)
+		binary.BigEndian.PutUint32(e[36:], uint32(len(s.extra)))
+		p := 40
+		p += copy(e[p:], s.extra)
+		p += copy(e[p:], s.id)
+		p += copy(e[p:], s.name)
+		off += (p + 7) &^ 7
+	}
+	return b
+}
+
+// Snapshots lists the internal snapshots.
+func (img *Image) Snapshots() []block.SnapshotInfo {
+	img.mu.RLock()
+	defer img.mu.RUnlock()
+	var out []block.SnapshotInfo
+	for _, s := range img.snapshots {
+		out = append(out, s.info())
+	}
+	return out
+}
+
+func (img *Image) findSnapshot(name string) int {
+	for i, s := range img.snapshots {
+		if s.name == name {
+			return i
+		}
+	}
+	for i, s := range img.snapshots {
+		if s.id == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// writeSnapshotTable writes the in-memory snapshot list to new clusters and
+// points the header at it by the next flush; the old table is freed after.
+func (img *Image) writeSnapshotTable() error {
+	oldOff, oldLen := int64(img.h.snapshotsOffset), int64(0)
+	if img.h.nbSnapshots > 0 {
+		oldLen = img.oldSnapshotTableLen
+	}
+	b := img.encodeSnapshots()
+	var off int64
+	if len(b) > 0 {
+		var err error
+		if off, err = img.allocClusters((int64(len(b)) + img.cs - 1) >> img.cbits); err != nil {
+			return err
+		}
+		if _, err := img.f.WriteAt(b, off); err != nil {
+			return fmt.Errorf("qcow2: writing snapshot table: %w", err)
+		}
+	}
+	img.h.snapshotsOffset = uint64(off)
+	img.h.nbSnapshots = uint32(len(img.snapshots))
+	img.oldSnapshotTableLen = int64(len(b))
+	img.headerDirty = true
+	img.free(oldOff, oldLen)
+	return nil
+}
+
+// walkTree calls fn for every L2 table and every host range of data an L1
+// table references (fn gets offset, length, and whether it is an L2 table).
+func (img *Image) walkTree(l1 []uint64, fn func(off, n int64, isL2 bool) error) error {
+	for _, e1 := range l1 {
+		l2off := int64(e1 & offsetMask)
+		if l2off == 0 {
+			continue
+		}
+		if err := fn(l2off, img.cs, true); err != nil {
+			return err
+		}
+		t, err := img.loadTable(img.l2c, l2off, "L2 table")
+		if err != nil {
+			return err
+		}
+		for i := 0; i < 1<<img.l2Bits; i++ {
+			e := img.getEntry(t, i)
+			if e.compressed() {
+				_, _, rs, rl := img.compRange(e)
+				if err := fn(rs, rl, false); err != nil {
+					return err
+				}
+			} else if h := e.host(); h != 0 {
+				if err := fn(h, img.cs, false); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (img *Image) readL1(off uint64, n uint32) ([]uint64, error) {
+	buf := make([]byte, int64(n)*8)
+	if err := readFull(img.f, buf, int64(off)); err != nil {
+		return nil, fmt.Errorf("qcow2: snapshot L1 table at %#x: %w", off, err)
+	}
+	l1 := make([]uint64, n)
+	for i := range l1 {
+		l1[i] = be64(buf[i*8:])
+	}
+	return l1, nil
+}
+
+// SnapshotCreate makes an internal snapshot of the current disk state.
+func (img *Image) SnapshotCreate(name string) error {
+	if img.ro {
+		return block.ErrReadOnly
+	}
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	if len(img.snapshots) >= maxSnapshots {
+		return errors.New("qcow2: too many snapshots")
+	}
+	if err := img.flushLocked(false); err != nil {
+		return err
+	}
+	maxID := 0
+	for _, s := range img.snapshots {
+		if n, err := strconv.Atoi(s.id); err == nil && n > maxID {
+			maxID = n
+		}
+	}
+	now := time.Now()
+	extra := make([]byte, 24)
+	binary.BigEndian.PutUint64(extra[8:], uint64(img.Size()))
+	binary.BigEndian.PutUint64(extra[16:], ^uint64(0))
+	s := snapshot{
+		l1Size: uint32(len(img.l1)), id: strconv.Itoa(maxID + 1), name: name,
+		dateSec: uint32(now.Unix()), dateNsec: uint32(now.Nanosecond()), extra: extra,
+	}
+	// Copy of the active L1 table, with COPIED cleared since every table
+	// it names is now shared.
+	l1 := make([]uint64, len(img.l1))
+	for i, e := range img.l1 {
+		l1[i] = e &^ flagCopied
+	}
+	if len(l1) > 0 {
+		off, err := img.allocClusters((int64(len(l1))*8 + img.cs - 1) >> img.cbits)
+		if err != nil {
+			return err
+		}
+		if _, err := img.f.WriteAt(encodeTable(l1), off); err != nil {
+			return fmt.Errorf("qcow2: writing snapshot L1 table: %w", err)
+		}
+		s.l1Offset = uint64(off)
+	}
+	// Every table and cluster the active tree reaches gains a reference.
+	if err := img.walkTree(img.l1, func(off, n int64, _ bool) error {
+		for c := off >> img.cbits; c <= (off+n-1)>>img.cbits; c++ {
+			if err := img.addRefcount(c, 1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := img.clearCopied(); err != nil {
+		return err
+	}
+	img.snapshots = append(img.snapshots, s)
+	if err := img.writeSnapshotTable(); err != nil {
+		img.snapshots = img.snapshots[:len(img.snapshots)-1]
+		return err
+	}
+	return img.flushLocked(false)
+}
+
+// clearCopied clears COPIED in the active L1 and its L2 tables.
+func (img *Image) clearCopied() error {
+	for i, e1 := range img.l1 {
+		if e1&offsetMask == 0 {
+			continue
+		}
+		t, err := img.loadTable(img.l2c, int64(e1&offsetMask), "L2 table")
+		if err != nil {
+			return err
+		}
+		for j := 0; j < 1<<img.l2Bits; j++ {
+			if e := img.getEntry(t, j); e.copied() {
+				e.d &^= flagCopied
+				img.setEntry(t, j, e)
+			}
+		}
+		img.l1[i] = e1 &^ flagCopied
+		img.l1Dirty = true
+	}
+	return nil
+}
+
+// fixCopied sets COPIED exactly where the refcount is 1, in the active L1
+// and the L2 tables it owns. Pending decrements must be applied.
+func (img *Image) fixCopied() (int, error) {
+	fixed := 0
+	for i, e1 := range img.l1 {
+		l2off := int64(e1 & offsetMask)
+		if l2off == 0 {
+			continue
+		}
+		rc, err := img.refcount(l2off >> img.cbits)
+		if err != nil {
+			return fixed, err
+		}
+		if want := rc == 1; want != (e1&flagCopied != 0) {
+			img.l1[i] = e1 ^ flagCopied
+			img.l1Dirty = true
+			fixed++
+		}
+		if rc != 1 {
+			continue
+		}
+		t, err := img.loadTable(img.l2c, l2off, "L2 table")
+		if err != nil {
+			return fixed, err
+		}
+		for j := 0; j < 1<<img.l2Bits; j++ {
+			e := img.getEntry(t, j)
+			if e.compressed() || e.host() == 0 {
+				continue
+			}
+			rc, err := img.refcount(e.host() >> img.cbits)
+			if err != nil {
+				return fixed, err
+			}
+			if want := rc == 1; want != e.copied() {
+				e.d ^= flagCopied
+				img.setEntry(t, j, e)
+				fixed++
+			}
+		}
+	}
+	return fixed, nil
+}
+
+// SnapshotApply reverts the disk to a snapshot.
+func (img *Image) SnapshotApply(name string) error {
+	if img.ro {
+		return block.ErrReadOnly
+	}
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	i := img.findSnapshot(name)
+	if i < 0 {
+		return fmt.Errorf("qcow2: snapshot '%s' not found", name)
+	}
+	s := img.snapshots[i]
+	if err := img.flushLocked(false); err != nil {
+		return err
+	}
+	sl1, err := img.readL1(s.l1Offset, s.l1Size)
+	if err != nil {
+		return err
+	}
+	if size, ok := s.diskSize(); ok && size != img.Size() {
+		if err := img.resizeLocked(size, true, false); err != nil {
+			return err
+		}
+		if err := img.flushLocked(false); err != nil {
+			return err
+		}
+	}
+	if len(sl1) > len(img.l1) {
+		if err := img.growL1(int64(len(sl1))); err != nil {
+			return err
+		}
+		if err := img.flushLocked(false); err != nil {
+			return err
+		}
+	}
+	// New references first, then switch the L1 table, then drop the old
+	// tree's references once the switch is durable.
+	if err := img.walkTree(sl1, func(off, n int64, _ bool) error {
+		for c := off >> img.cbits; c <= (off+n-1)>>img.cbits; c++ {
+			if err := img.addRefcount(c, 1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := img.walkTree(img.l1, func(off, n int64, _ bool) error {
+		img.free(off, n)
+		return nil
+	}); err != nil {
+		return err
+	}
+	for j := range img.l1 {
+		img.l1[j] = 0
+		if j < len(sl1) {
+			img.l1[j] = sl1[j] &^ flagCopied
+		}
+	}
+	img.l1Dirty = true
+	if err := img.flushLocked(false); err != nil {
+		return err
+	}
+	if _, err := img.fixCopied(); err != nil {
+		return err
+	}
+	return img.flushLocked(false)
+}
+
+// SnapshotDelete removes a snapshot and frees what only it referenced.
+func (img *Image) SnapshotDelete(name string) error {
+	if img.ro {
+		return block.ErrReadOnly
+	}
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	i := img.findSnapshot(name)
+	if i < 0 {
+		return fmt.Errorf("qcow2: snapshot '%s' not found", name)
+	}
+	s := img.snapshots[i]
+	if err := img.flushLocked(false); err != nil {
+		return err
+	}
+	sl1, err := img.readL1(s.l1Offset, s.l1Size)
+	if err != nil {
+		return err
+	}
+	img.snapshots = append(img.snapshots[:i:i], img.snapshots[i+1:]...)
+	if err := img.writeSnapshotTable(); err != nil {
+		return err
+	}
+	if err := img.walkTree(sl1, func(off, n int64, _ bool) error {
+		img.free(off, n)
+		return nil
+	}); err != nil {
+		return err
+	}
+	img.free(int64(s.l1Offset), int64(s.l1Size)*8)
+	if err := img.flushLocked(false); err != nil {
+		return err
+	}
+	if _, err := img.fixCopied(); err != nil {
+		return err
+	}
+	return img.flushLocked(false)
+}

@@ -1,0 +1,319 @@
+package qcow2_test
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"vdisk/block"
+	"vdisk/format/qcow2"
+)
+
+func createOpts(t testing.TB, opts string, size int64) block.Options {
+	t.Helper()
+	pairs, err := block.SplitOptionString(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if size >= 0 {
+		pairs = append(pairs, [2]string{"size", fmt.Sprint(size)})
+	}
+	o, err := block.ParseOptions(qcow2.Format.CreateOptions, pairs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+func vdiskCreate(t testing.TB, name, opts string, size int64) {
+	t.Helper()
+	if err := block.Create(name, "qcow2", createOpts(t, opts, size)); err != nil {
+		t.Fatalf("create %s (%s): %v", name, opts, err)
+	}
+}
+
+// mirror applies the same operations to a qcow2 image and a raw file.
+type mirror struct {
+	t       *testing.T
+	img     block.Image
+	raw     *os.File
+	size    int64
+	cs      int64
+	zeroCl  bool // whole discarded clusters read as zeros
+	rng     *rand.Rand
+	backing bool
+}
+
+func (m *mirror) write(off int64, p []byte) {
+	if _, err := m.img.WriteAt(p, off); err != nil {
+		m.t.Fatalf("write %d+%d: %v", off, len(p), err)
+	}
+	if _, err := m.raw.WriteAt(p, off); err != nil {
+		m.t.Fatal(err)
+	}
+}
+
+func (m *mirror) zeroRaw(off, n int64) {
+	if n > 0 {
+		if _, err := m.raw.WriteAt(make([]byte, n), off); err != nil {
+			m.t.Fatal(err)
+		}
+	}
+}
+
+func (m *mirror) step() {
+	r := m.rng
+	op := r.Intn(20)
+	off := r.Int63n(m.size)
+	n := min(m.size-off, r.Int63n(3*m.cs)+1)
+	switch {
+	case op < 10:
+		p := make([]byte, n)
+		if r.Intn(4) == 0 {
+			// cluster aligned
+			off = off &^ (m.cs - 1)
+			n = min(m.size-off, m.cs*int64(1+r.Intn(4)))
+			p = make([]byte, n)
+		}
+		r.Read(p)
+		m.write(off, p)
+	case op < 13:
+		if err := m.img.Discard(off, n); err != nil {
+			m.t.Fatalf("discard: %v", err)
+		}
+		if m.zeroCl {
+			s := (off + m.cs - 1) &^ (m.cs - 1)
+			e := (off + n) &^ (m.cs - 1)
+			if off+n == m.size {
+				e = off + n
+			}
+			if e > s {
+				m.zeroRaw(s, e-s)
+			}
+		}
+	case op < 16:
+		flags := block.ZeroFlags(0)
+		if r.Intn(2) == 0 {
+			flags = block.ZeroMayUnmap
+		}
+		if err := m.img.WriteZeroes(off, n, flags); err != nil {
+			m.t.Fatalf("write zeroes: %v", err)
+		}
+		m.zeroRaw(off, n)
+	case op < 17:
+		if err := m.img.Flush(); err != nil {
+			m.t.Fatalf("flush: %v", err)
+		}
+	case op < 18:
+		rs, ok := m.img.(block.Resizer)
+		if !ok {
+			return
+		}
+		ns := m.size + (r.Int63n(8*m.cs)+512)&^511
+		shrink := r.Intn(3) == 0 && m.size > 4*m.cs
+		if shrink {
+			ns = m.size - (r.Int63n(2*m.cs)+512)&^511
+		}
+		if err := rs.Resize(ns, shrink); err != nil {
+			m.t.Fatalf("resize %d->%d: %v", m.size, ns, err)
+		}
+		if err := m.raw.Truncate(ns); err != nil {
+			m.t.Fatal(err)
+		}
+		m.size = ns
+	default:
+		got := make([]byte, n)
+		if _, err := m.img.ReadAt(got, off); err != nil {
+			m.t.Fatalf("read: %v", err)
+		}
+		want := make([]byte, n)
+		if _, err := m.raw.ReadAt(want, off); err != nil {
+			m.t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			m.t.Fatalf("read %d+%d differs from the mirror", off, n)
+		}
+	}
+}
+
+func runMirror(t *testing.T, name, rawName string, cs int64, zeroCl bool, steps int, seed int64) {
+	img, err := block.Open(name, block.OpenOptions{Format: "qcow2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.OpenFile(rawName, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	m := &mirror{t: t, img: img, raw: raw, size: img.Size(), cs: cs, zeroCl: zeroCl, rng: rand.New(rand.NewSource(seed))}
+	for i := 0; i < steps; i++ {
+		m.step()
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemuCheck(t, name)
+	run(t, "qemu-img", "compare", "-q", "-f", "qcow2", "-F", "raw", name, rawName)
+}
+
+func TestWriteMirror(t *testing.T) {
+	cases := []struct {
+		opts string
+		cs   int64
+	}{
+		{"", 65536}, {"cluster_size=512,refcount_bits=1", 512}, {"cluster_size=4k", 4096},
+		{"cluster_size=4k,refcount_bits=64", 4096}, {"compat=0.10,cluster_size=4k", 4096},
+		{"extended_l2=on,cluster_size=16k", 16384}, {"lazy_refcounts=on,cluster_size=4k", 4096},
+		{"cluster_size=2M", 2 << 20}, {"preallocation=metadata,cluster_size=4k", 4096},
+		{"cluster_size=512,refcount_bits=8", 512},
+	}
+	for i, c := range cases {
+		t.Run(c.opts, func(t *testing.T) {
+			dir := t.TempDir()
+			name := filepath.Join(dir, "w.qcow2")
+			rawName := filepath.Join(dir, "w.raw")
+			size := 64 * c.cs
+			if c.cs >= 1<<20 {
+				size = 8 * c.cs
+			}
+			vdiskCreate(t, name, c.opts, size)
+			qemuCheck(t, name)
+			if err := os.WriteFile(rawName, make([]byte, size), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			runMirror(t, name, rawName, c.cs, true, 300, int64(i))
+		})
+	}
+}
+
+func TestWriteMirrorBacking(t *testing.T) {
+	for _, compat := range []string{"1.1", "0.10"} {
+		t.Run(compat, func(t *testing.T) {
+			dir := t.TempDir()
+			base := filepath.Join(dir, "base.qcow2")
+			run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", base, "256k")
+			qemuIO(t, base, "qcow2", "write -P 0x5a 0 256k")
+			name := filepath.Join(dir, "top.qcow2")
+			vdiskCreate(t, name, "cluster_size=4k,compat="+compat+",backing_file=base.qcow2,backing_fmt=qcow2", -1)
+			rawName := filepath.Join(dir, "top.raw")
+			run(t, "qemu-img", "convert", "-O", "raw", base, rawName)
+			runMirror(t, name, rawName, 4096, compat == "1.1", 300, 7)
+		})
+	}
+}
+
+func TestWriteMirrorSnapshots(t *testing.T) {
+	dir := t.TempDir()
+	name := filepath.Join(dir, "s.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", name, "256k")
+	qemuIO(t, name, "qcow2", "write -P 1 0 128k", "write -c -P 2 128k 8k")
+	run(t, "qemu-img", "snapshot", "-c", "one", name)
+	qemuIO(t, name, "qcow2", "write -P 3 64k 64k")
+	run(t, "qemu-img", "snapshot", "-c", "two", name)
+	rawName := filepath.Join(dir, "s.raw")
+	run(t, "qemu-img", "convert", "-O", "raw", name, rawName)
+	snapRaw := filepath.Join(dir, "one.raw")
+	run(t, "qemu-img", "convert", "-O", "raw", "-l", "snapshot.name=one", name, snapRaw)
+	m := &mirrorNoResize{}
+	_ = m
+	runMirrorNoShrink(t, name, rawName, 4096, 300, 3)
+	// The snapshots still hold their data.
+	out := filepath.Join(dir, "one-after.raw")
+	run(t, "qemu-img", "convert", "-O", "raw", "-l", "snapshot.name=one", name, out)
+	run(t, "cmp", snapRaw, out)
+}
+
+type mirrorNoResize struct{}
+
+// runMirrorNoShrink is runMirror for images that refuse shrinking (with
+// snapshots): resizes only grow.
+func runMirrorNoShrink(t *testing.T, name, rawName string, cs int64, steps int, seed int64) {
+	img, err := block.Open(name, block.OpenOptions{Format: "qcow2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.OpenFile(rawName, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	m := &mirror{t: t, img: noResize{img}, raw: raw, size: img.Size(), cs: cs, zeroCl: true, rng: rand.New(rand.NewSource(seed))}
+	for i := 0; i < steps; i++ {
+		m.step()
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemuCheck(t, name)
+	run(t, "qemu-img", "compare", "-q", "-f", "qcow2", "-F", "raw", name, rawName)
+}
+
+type noResize struct{ block.Image }
+
+func TestConcurrent(t *testing.T) {
+	dir := t.TempDir()
+	name := filepath.Join(dir, "c.qcow2")
+	vdiskCreate(t, name, "cluster_size=4k", 4<<20)
+	img, err := block.Open(name, block.OpenOptions{Format: "qcow2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	// Two writers to each half of the same unallocated clusters.
+	for c := int64(0); c < 64; c++ {
+		for half := int64(0); half < 2; half++ {
+			wg.Add(1)
+			go func(c, half int64) {
+				defer wg.Done()
+				p := bytes.Repeat([]byte{byte(c*2 + half + 1)}, 2048)
+				if _, err := img.WriteAt(p, c*4096+half*2048); err != nil {
+					t.Error(err)
+				}
+			}(c, half)
+		}
+	}
+	// Readers and writers elsewhere at the same time.
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			r := rand.New(rand.NewSource(int64(g)))
+			buf := make([]byte, 8192)
+			for i := 0; i < 100; i++ {
+				off := (1<<20 + int64(g)*(256<<10)) + r.Int63n(256<<10-8192)
+				if i%2 == 0 {
+					if _, err := img.WriteAt(buf, off); err != nil {
+						t.Error(err)
+					}
+				} else if _, err := img.ReadAt(buf, off); err != nil {
+					t.Error(err)
+				}
+				if i%37 == 0 {
+					img.Flush()
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	got := make([]byte, 64*4096)
+	if _, err := img.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	for c := 0; c < 64; c++ {
+		for half := 0; half < 2; half++ {
+			b := got[c*4096+half*2048 : c*4096+half*2048+2048]
+			if !bytes.Equal(b, bytes.Repeat([]byte{byte(c*2 + half + 1)}, 2048)) {
+				t.Fatalf("cluster %d half %d lost a concurrent write", c, half)
+			}
+		}
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemuCheck(t, name)
+}

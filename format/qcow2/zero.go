@@ -1,0 +1,155 @@
+package qcow2
+
+import (
+	"vdisk/block"
+)
+
+// Discard frees whole clusters in the range. Where a backing file would
+// show through, the cluster becomes a zero cluster instead (version 3), so
+// old backing data does not reappear; version 2 images with a backing file
+// keep their data, which Discard allows.
+func (img *Image) Discard(off, n int64) error {
+	if img.ro {
+		return block.ErrReadOnly
+	}
+	if err := block.CheckRange(off, n, img.Size()); err != nil {
+		return err
+	}
+	start := (off + img.cs - 1) >> img.cbits
+	end := (off + n) >> img.cbits
+	if off+n == img.Size() {
+		end = (off + n + img.cs - 1) >> img.cbits // the partial last cluster
+	}
+	if start >= end {
+		return nil
+	}
+	if img.backing != nil && img.h.version < 3 {
+		return nil
+	}
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	if img.closed {
+		return block.ErrClosed
+	}
+	if err := img.zeroClusters(start, end, true); err != nil {
+		return err
+	}
+	return img.afterMetaChange()
+}
+
+// zeroClusters makes clusters [start, end) read as zeros: unallocated
+// where nothing shows through from a backing file, zero clusters
+// otherwise. With unmap false an owned host cluster stays allocated
+// (QEMU's preallocated zero cluster). img.mu held exclusively.
+func (img *Image) zeroClusters(start, end int64, unmap bool) error {
+	for vc := start; vc < end; vc++ {
+		if l1i := vc >> img.l2Bits; img.backing == nil && (l1i >= int64(len(img.l1)) || img.l1[l1i]&offsetMask == 0) {
+			// Nothing mapped here and nothing shows through: skip the table.
+			vc = (l1i+1)<<img.l2Bits - 1
+			continue
+		}
+		e, err := img.lookup(vc)
+		if err != nil {
+			return err
+		}
+		var want l2e
+		needZero := img.backing != nil
+		switch {
+		case !needZero && !unmap && img.inPlace(e) && !img.ext:
+			want = l2e{d: e.d | flagZero}
+		case needZero && img.ext:
+			want = l2e{bm: 0xffffffff << 32}
+		case needZero:
+			want = l2e{d: flagZero}
+		case !unmap && img.inPlace(e) && !img.ext:
+			want = l2e{d: e.d | flagZero}
+		}
+		if e == want {
+			continue
+		}
+		if e == (l2e{}) && !needZero {
+			continue
+		}
+		t, idx, err := img.l2ForWrite(vc)
+		if err != nil {
+			return err
+		}
+		e = img.getEntry(t, idx)
+		img.setEntry(t, idx, want)
+		if e.host() != want.host() || e.compressed() {
+			img.freeEntry(e)
+		}
+	}
+	return nil
+}
+
+// WriteZeroes uses zero clusters for whole clusters on version 3 images and
+// writes zero bytes for the partial clusters at the ends.
+func (img *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
+	if img.ro {
+		return block.ErrReadOnly
+	}
+	if err := block.CheckRange(off, n, img.Size()); err != nil {
+		return err
+	}
+	if n == 0 {
+		return nil
+	}
+	if img.h.version < 3 {
+		if flags&block.ZeroFast != 0 {
+			return block.ErrNotSupported
+		}
+		return img.zeroBytes(off, n)
+	}
+	start := (off + img.cs - 1) >> img.cbits
+	end := (off + n) >> img.cbits
+	if off+n == img.Size() {
+		end = (off + n + img.cs - 1) >> img.cbits
+	}
+	if start >= end {
+		if flags&block.ZeroFast != 0 {
+			return block.ErrNotSupported
+		}
+		return img.zeroBytes(off, n)
+	}
+	if head := start<<img.cbits - off; head > 0 {
+		if err := img.zeroBytes(off, head); err != nil {
+			return err
+		}
+	}
+	if tail := off + n - end<<img.cbits; tail > 0 {
+		if err := img.zeroBytes(end<<img.cbits, tail); err != nil {
+			return err
+		}
+	}
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	if img.closed {
+		return block.ErrClosed
+	}
+	if err := img.zeroClusters(start, end, flags&block.ZeroMayUnmap != 0); err != nil {
+		return err
+	}
+	return img.afterMetaChange()
+}
+
+// zeroBytes writes zeros into a sub-cluster range unless it reads as zeros
+// already.
+func (img *Image) zeroBytes(off, n int64) error {
+	img.mu.RLock()
+	already := true
+	err := img.mapRange(off, n, func(s seg) error {
+		if s.k != kZero && !(s.k == kUnalloc && img.backing == nil) {
+			already = false
+		}
+		return nil
+	})
+	img.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	if already {
+		return nil
+	}
+	return block.WriteZeroBytes(img, off, n)
+}

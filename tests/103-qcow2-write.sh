@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Writing qcow2 through vdisk: snapshots, check and repair, resize, and
+# compressed conversion, each verified with qemu-img.
+# needs: qemu-img qemu-io
+chk() { qemu-img check -q "$1" && echo "$1: qemu-img check clean" || echo "$1: QEMU-IMG CHECK FAILED"; }
+nodate() { sed -E 's/ +20[0-9]{2}-[0-9-]+ [0-9:]+ / DATE /'; }
+
+echo "== snapshots"
+$VDISK create -f qcow2 -q s.qcow2 4M
+$VDISK io -c 'write -P 1 0 1M' s.qcow2 >/dev/null
+$VDISK snapshot -c one s.qcow2
+$VDISK io -c 'write -P 2 512k 1M' s.qcow2 >/dev/null
+$VDISK snapshot -c two s.qcow2
+chk s.qcow2
+$VDISK snapshot -l s.qcow2 | nodate
+qemu-img snapshot -l s.qcow2 | nodate
+$VDISK snapshot -a one s.qcow2
+chk s.qcow2
+qemu-io -c 'read -P 1 0 1M' -c 'read -P 0 1M 3M' s.qcow2 | grep -c '^read'
+$VDISK snapshot -d one s.qcow2
+$VDISK snapshot -a 2 s.qcow2
+qemu-io -c 'read -P 1 0 512k' -c 'read -P 2 512k 1M' s.qcow2 | grep -c '^read'
+$VDISK snapshot -d two s.qcow2
+chk s.qcow2
+$VDISK snapshot -l s.qcow2
+$VDISK snapshot -a nope s.qcow2; echo "exit $?"
+$VDISK snapshot -d nope s.qcow2; echo "exit $?"
+$VDISK create -f raw -q r.raw 1M
+$VDISK snapshot -c x -f raw r.raw; echo "exit $?"
+
+echo "== check and repair"
+qemu-img create -q -f qcow2 l.qcow2 8M
+qemu-io -c 'write -P 1 0 64k' l.qcow2 >/dev/null
+# refcount of cluster 9 (past everything in use): a leak
+printf '\x00\x01' | dd of=l.qcow2 bs=1 seek=$((128*1024+18)) conv=notrunc status=none
+$VDISK check l.qcow2; echo "exit $?"
+$VDISK check -r leaks l.qcow2; echo "exit $?"
+chk l.qcow2
+# refcount of the data cluster 0: a corruption
+printf '\x00\x00' | dd of=l.qcow2 bs=1 seek=$((128*1024+10)) conv=notrunc status=none
+$VDISK check l.qcow2; echo "exit $?"
+$VDISK check -r all l.qcow2; echo "exit $?"
+chk l.qcow2
+qemu-io -c 'read -P 1 0 64k' l.qcow2 | grep -c '^read'
+
+echo "== resize"
+$VDISK create -f qcow2 -q -o cluster_size=4k g.qcow2 1M
+$VDISK io -c 'write -P 3 0 1M' g.qcow2 >/dev/null
+$VDISK resize g.qcow2 64M
+chk g.qcow2
+qemu-img info g.qcow2 | grep 'virtual size'
+$VDISK resize g.qcow2 512k; echo "exit $?"
+$VDISK resize --shrink g.qcow2 512k
+chk g.qcow2
+$VDISK resize g.qcow2 2M
+qemu-io -c 'read -P 3 0 512k' -c 'read -P 0 512k 1536k' g.qcow2 | grep -c '^read'
+chk g.qcow2
+
+echo "== compressed convert"
+qemu-img create -q -f raw src.raw 4M
+qemu-io -f raw -c 'write -P 7 0 1M' -c 'write -P 9 2M 64k' src.raw >/dev/null
+for c in zlib zstd; do
+	$VDISK convert -c -f raw -O qcow2 -o compression_type=$c src.raw c-$c.qcow2
+	chk c-$c.qcow2
+	qemu-img compare -q -f raw src.raw c-$c.qcow2 && echo "c-$c.qcow2: same content"
+	qemu-img check c-$c.qcow2 | grep compressed
+done
