@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# needs: root fuse qemu-img mkfs.ext4
+# needs: root fuse qemu-img mkfs.ext4 jq
 # -r is read-only everywhere; a read-only image file without -r, a missing
 # or invalid image are refused with nothing left behind.
 . "$SRC_DIR/attach-lib.sh"
