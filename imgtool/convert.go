@@ -375,7 +375,8 @@ func Convert(src, dst string, o ConvertOptions) (err error) {
 		return err
 	}
 	cp := o.Copy
-	cp.NoFlush = cp.NoFlush || o.Unsafe
+	// Close flushes (unless Unsafe), so a Flush here would only sync twice.
+	cp.NoFlush = true
 	// A new local file (or RAM disk) reads as zeros; a container behind
 	// another protocol (an NBD export) may hold old data, so zeros are
 	// written there explicitly.
