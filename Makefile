@@ -2,7 +2,7 @@
 GO ?= go
 BIN := bin/vdisk
 
-.PHONY: build demo test deps lint bench
+.PHONY: build demo test deps lint bench fuzz
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/vdisk
@@ -15,8 +15,12 @@ demo: build
 # under the race detector, and a short run of each fuzz target.
 test: deps
 	$(GO) vet ./...
-	$(GO) test -count=1 ./...
-	$(GO) test -count=1 -race ./block/... ./format/...
+	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -timeout 20m -race $(RACE_PKGS)
+	./scripts/fuzz.sh
+
+# Every package with concurrent code; the end-to-end scripts run the binary.
+RACE_PKGS = $(shell $(GO) list ./... | grep -v -e /tests$$ -e /cmd/)
 
 deps:
 	./scripts/deps.sh
@@ -24,3 +28,6 @@ deps:
 lint:
 	gofmt -l . | (! grep .)
 	$(GO) vet ./...
+
+fuzz:
+	FUZZTIME=$${FUZZTIME:-60s} ./scripts/fuzz.sh

@@ -147,15 +147,15 @@ echo "loop     = losetup --direct-io=on on the raw file (the limit)"
 printf "%-22s" workload
 for c in "${cols[@]}"; do printf "%10s" "$c"; done
 printf "%12s%12s" "vdisk/qemu" "vdisk/loop"
-[ $qcow2 = yes ] && printf "%14s" "vdisk-q/qemu-q"
-printf "%14s\n" "vdisk-us/qemu"
+[ $qcow2 = yes ] && printf "%16s" "vdisk-q/qemu-q"
+printf "%15s\n" "vdisk-us/qemu"
 i=0
 for w in "${workloads[@]}"; do
 	printf "%-22s" "$w"
 	for c in "${cols[@]}"; do printf "%10s" "${res[$c,$i]}"; done
 	ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
 	printf "%12s%12s" "$(ratio "${res[vdisk,$i]}" "${res[qemu,$i]}")" "$(ratio "${res[vdisk,$i]}" "${res[loop,$i]}")"
-	[ $qcow2 = yes ] && printf "%14s" "$(ratio "${res[vdisk-q,$i]}" "${res[qemu-q,$i]}")"
-	printf "%14s\n" "$(ratio "${res[vdisk-us,$i]}" "${res[qemu,$i]}")"
+	[ $qcow2 = yes ] && printf "%16s" "$(ratio "${res[vdisk-q,$i]}" "${res[qemu-q,$i]}")"
+	printf "%15s\n" "$(ratio "${res[vdisk-us,$i]}" "${res[qemu,$i]}")"
 	i=$((i + 1))
 done

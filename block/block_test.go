@@ -198,6 +198,22 @@ func TestCheckRange(t *testing.T) {
 }
 
 func TestIsZero(t *testing.T) {
+	for _, n := range []int{4095, 4096, 4097, 8192, 12289} {
+		b := make([]byte, n)
+		if !block.IsZero(b) {
+			t.Fatalf("zero buffer of %d not zero", n)
+		}
+		for _, i := range []int{0, 1, 4094, 4095, 4096, 8191, n - 1} {
+			if i >= n {
+				continue
+			}
+			b[i] = 0x80
+			if block.IsZero(b) {
+				t.Fatalf("byte %d of %d set but IsZero", i, n)
+			}
+			b[i] = 0
+		}
+	}
 	for n := 0; n < 40; n++ {
 		b := make([]byte, n)
 		if !block.IsZero(b) {

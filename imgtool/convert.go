@@ -39,6 +39,9 @@ type CopyOptions struct {
 	// TargetZeroed tells the engine that the target already reads as
 	// zeros (a freshly created image), so zero ranges need no writes.
 	TargetZeroed bool
+	// NoFlush leaves the final Flush of the target to the caller (or to
+	// nobody, for cache=unsafe).
+	NoFlush bool
 	// Progress, if set, is called with bytes done and the total, from any
 	// goroutine, after each chunk.
 	Progress func(done, total int64)
@@ -129,6 +132,9 @@ func Copy(src, dst block.Image, o CopyOptions) error {
 	}
 	if err := c.error(); err != nil {
 		return err
+	}
+	if o.NoFlush {
+		return nil
 	}
 	return dst.Flush()
 }
@@ -369,6 +375,8 @@ func Convert(src, dst string, o ConvertOptions) (err error) {
 		return err
 	}
 	cp := o.Copy
+	// Close flushes (unless Unsafe), so a Flush here would only sync twice.
+	cp.NoFlush = true
 	// A new local file (or RAM disk) reads as zeros; a container behind
 	// another protocol (an NBD export) may hold old data, so zeros are
 	// written there explicitly.

@@ -57,3 +57,10 @@ agree "snapshots map" map --output json s.qcow2
 raw_same s.qcow2
 qemu-img info s.qcow2 | grep -A2 '^Snapshot list' | sed 's/  20[0-9-]* [0-9:]* / DATE /' | cut -c1-30
 $VDISK info s.qcow2 | grep -A2 '^Snapshot list' | sed 's/  20[0-9-]* [0-9:]* / DATE /' | cut -c1-30
+# Persistent bitmaps are counted by check.
+qemu-img create -q -f qcow2 bm.qcow2 16M
+qemu-io -c 'write -P 1 0 1M' bm.qcow2 >/dev/null
+qemu-img bitmap --add bm.qcow2 b0
+qemu-img bitmap --add bm.qcow2 b1
+qemu-io -c 'write 2M 1M' bm.qcow2 >/dev/null
+agree "bitmaps check" check bm.qcow2

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# needs: root fuse qemu-img mkfs.ext4 fsck.ext4
+# needs: root fuse qemu-img mkfs.ext4 fsck.ext4 jq
 # Attach a raw image, make a file system on it, copy a real tree, compare,
 # detach; a fresh read-only attach fscks clean; list and stat report the
 # file as given.

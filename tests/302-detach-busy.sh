@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# needs: root fuse qemu-img mkfs.ext4 fsck.ext4
+# needs: root fuse qemu-img mkfs.ext4 fsck.ext4 jq
 # Detach refuses a busy device (mounted, or open by a process) with EBUSY
 # and the unit stays; -f detaches anyway, the holder gets EIO, the image is
 # consistent. Both with FUSE passthrough (raw) and with requests served in

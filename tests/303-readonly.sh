@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# needs: root fuse qemu-img mkfs.ext4
+# needs: root fuse qemu-img mkfs.ext4 jq
 # -r is read-only everywhere; a read-only image file without -r, a missing
 # or invalid image are refused with nothing left behind.
 . "$SRC_DIR/attach-lib.sh"
@@ -31,7 +31,7 @@ echo "=== read-only image file without -r"
 chmod 444 disk.img
 $VDISK attach -f raw disk.img; echo "exit $?"
 $VDISK list --counters=false
-grep -c "^$VDISK_STATE_DIR/" /sys/block/loop*/loop/backing_file 2>/dev/null | grep -v ':0$'
+echo "loop devices on our files: $(cat /sys/block/loop*/loop/backing_file 2>/dev/null | grep -c "^$VDISK_STATE_DIR/")"
 ls "$VDISK_STATE_DIR/fuse"
 attach -r -f raw disk.img && $VDISK detach "$unit"
 chmod 644 disk.img
@@ -51,5 +51,5 @@ $VDISK attach --mem 0; echo "exit $?"
 $VDISK attach -f raw empty.img; echo "exit $?"
 $VDISK list --counters=false
 ls "$VDISK_STATE_DIR/fuse"
-grep -c "^$VDISK_STATE_DIR/" /sys/block/loop*/loop/backing_file 2>/dev/null | grep -v ':0$'
+echo "loop devices on our files: $(cat /sys/block/loop*/loop/backing_file 2>/dev/null | grep -c "^$VDISK_STATE_DIR/")"
 echo done

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# needs: root fuse qemu-img fio
+# needs: root fuse qemu-img fio jq
 # Several fio jobs write and verify (crc32c) on the device at once: raw
 # with passthrough, raw served in userspace, 4 KiB sectors, and a RAM disk.
 . "$SRC_DIR/attach-lib.sh"

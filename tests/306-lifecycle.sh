@@ -10,13 +10,15 @@ echo "=== daemon in the background, a second one refused"
 $VDISK daemon
 $VDISK daemon; echo "exit $?"
 $VDISK daemon --foreground; echo "exit $?"
-for mode in passthrough userspace; do
+for mode in passthrough userspace qcow2; do
 	echo "=== SIGKILL while writing ($mode)"
-	extra=()
-	[ $mode = userspace ] && extra=(--no-passthrough)
-	rm -f disk.img
+	img=(-f raw disk.img)
+	[ $mode = userspace ] && img=(-f raw --no-passthrough disk.img)
+	[ $mode = qcow2 ] && img=(-f qcow2 disk.qcow2)
+	rm -f disk.img disk.qcow2
 	qemu-img create -f raw disk.img 64M >/dev/null
-	attach -f raw "${extra[@]}" disk.img 2>/dev/null
+	qemu-img create -f qcow2 disk.qcow2 64M >/dev/null
+	attach "${img[@]}" 2>/dev/null
 	mkfs.ext4 -q "$dev"
 	mnt "$dev" mnt
 	copy_tree mnt
@@ -32,7 +34,12 @@ for mode in passthrough userspace; do
 	for _ in $(seq 100); do loop_bound "$dev" || break; sleep 0.05; done
 	loop_bound "$dev" && echo "loop device still bound" || echo "no orphaned loop device"
 	echo "dead FUSE mounts: $(fuse_mounts)"
-	attach -f raw "${extra[@]}" disk.img 2>&1
+	if [ $mode = qcow2 ]; then
+		# Exit status 0 is clean, 3 leaked clusters only: no corruption.
+		qemu-img check disk.qcow2 >check.log 2>&1; rc=$?
+		[ $rc -eq 0 ] || [ $rc -eq 3 ] && echo "qemu-img check: no corruption" || cat check.log
+	fi
+	attach "${img[@]}" 2>&1
 	echo "FUSE mounts after restart: $(fuse_mounts)"
 	fsck.ext4 -fy "$dev" >fsck.log 2>&1; rc=$?
 	[ $rc -le 1 ] && echo "fsck repaired or clean" || { echo "fsck exit $rc"; cat fsck.log; }
@@ -41,7 +48,7 @@ for mode in passthrough userspace; do
 	$VDISK detach "$unit"
 done
 echo "=== SIGTERM detaches everything"
-attach -f raw disk.img
+attach -f qcow2 disk.qcow2
 attach --mem 8M
 mkfs.ext4 -q "$dev" && mnt "$dev" mnt
 echo hello >mnt/f
@@ -55,4 +62,5 @@ sleep 0.2
 for d in "${_loops[@]}"; do loop_bound "$d" && echo "$d still bound"; done
 echo "FUSE mounts: $(fuse_mounts)"
 ls "$VDISK_STATE_DIR"
-fsck.ext4 -fn disk.img >/dev/null 2>&1 && echo "fsck clean"
+qemu-img check disk.qcow2 >/dev/null && echo "qemu-img check clean"
+qemu-img convert -O raw disk.qcow2 conv.raw && fsck.ext4 -fn conv.raw >/dev/null 2>&1 && echo "fsck clean"

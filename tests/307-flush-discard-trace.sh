@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# needs: root fuse qemu-img mkfs.ext4 blkdiscard fstrim
+# needs: root fuse qemu-img mkfs.ext4 blkdiscard fstrim jq
 # Flush (fsync) and discard (blkdiscard, fstrim) on the device reach the
 # image; --trace logs each request; counters count them.
 . "$SRC_DIR/attach-lib.sh"

@@ -91,7 +91,8 @@ func configure(num int, backing *os.File, opts Options, bs int) (*Device, error)
 		return nil, fmt.Errorf("loop: %w", err)
 	}
 	cfg := unix.LoopConfig{Fd: uint32(backing.Fd()), Size: uint32(bs)}
-	cfg.Info.Flags = unix.LO_FLAGS_AUTOCLEAR
+	// Partition tables on the image show up as loopNpM, as on a disk.
+	cfg.Info.Flags = unix.LO_FLAGS_AUTOCLEAR | unix.LO_FLAGS_PARTSCAN
 	if opts.ReadOnly {
 		cfg.Info.Flags |= unix.LO_FLAGS_READ_ONLY
 	}

@@ -21,8 +21,8 @@ func TestCacheMirror(t *testing.T) {
 	img := cache.New(inner, 5*cache.BlockSize)
 	mirror := make([]byte, inner.Size())
 	rng := rand.New(rand.NewSource(3))
-	for i := 0; i < 3000; i++ {
-		l := int64(rng.Intn(200000) + 1)
+	for i := 0; i < 1500; i++ {
+		l := int64(rng.Intn(100000) + 1)
 		off := rng.Int63n(int64(len(mirror)) - l)
 		switch rng.Intn(8) {
 		case 0:

@@ -124,21 +124,23 @@ func isTerminal(f *os.File) bool {
 // progressBar prints qemu-img's "    (12.34/100%)" line, rewritten in
 // place, at most once per 1%.
 type progressBar struct {
-	mu   sync.Mutex
-	last int
+	mu      sync.Mutex
+	last    int
+	started bool
 }
 
+// update is called from several workers; it only ever moves forward.
 func (p *progressBar) update(done, total int64) {
 	if total <= 0 {
 		return
 	}
-	pct := int(done * 10000 / total)
+	pct := int(min(done, total) * 10000 / total)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if pct/100 == p.last/100 && pct != 0 && pct != 10000 {
+	if p.started && (pct <= p.last || (pct/100 == p.last/100 && pct != 10000)) {
 		return
 	}
-	p.last = pct
+	p.started, p.last = true, pct
 	fmt.Printf("    (%d.%02d/100%%)\r", pct/100, pct%100)
 }
 

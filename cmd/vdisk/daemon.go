@@ -108,6 +108,11 @@ func startDaemon(dir string, trace bool) error {
 		}
 		select {
 		case err := <-exited:
+			// Another attach may have started a daemon at the same time;
+			// ours then found the state directory taken and left.
+			if c.Ping() == nil {
+				return nil
+			}
 			return fmt.Errorf("the daemon exited at once (%v); see %s", err, filepath.Join(dir, ctl.LogName))
 		case <-time.After(20 * time.Millisecond):
 		}

@@ -158,6 +158,7 @@ func (img *Image) computeRefs(res *block.CheckResult, withRefcounts bool) (*chec
 		}
 		c.walkL1(l1, false)
 	}
+	c.countBitmaps()
 	if withRefcounts {
 		c.inc(int64(h.reftableOffset), int64(h.reftableClusters)<<img.cbits)
 		for i, e := range img.reftable {
@@ -265,22 +266,13 @@ func (img *Image) checkPass() (*block.CheckResult, bool, int, error) {
 		c.errorf("ERROR cluster %d refcount=0 reference=%d (beyond the end of the file)", cl, ref)
 	}
 	// Refcounts of clusters past the end of the file.
-	for bi, e := range img.reftable {
-		if e&refOffsetMask == 0 || (int64(bi)+1)<<img.rbBits <= int64(len(c.refs)) {
-			continue
+	img.scanBeyond(int64(len(c.refs)), func(cl int64, rc uint64) {
+		if c.beyond[cl] == 0 {
+			res.Leaks++
+			res.Messages = append(res.Messages, fmt.Sprintf("Leaked cluster %d refcount=%d reference=0", cl, rc))
+			maxUsed = max(maxUsed, cl)
 		}
-		for cl := max(int64(bi)<<img.rbBits, int64(len(c.refs))); cl < (int64(bi)+1)<<img.rbBits; cl++ {
-			rc, err := img.refcount(cl)
-			if err != nil {
-				break
-			}
-			if rc > 0 && c.beyond[cl] == 0 {
-				res.Leaks++
-				res.Messages = append(res.Messages, fmt.Sprintf("Leaked cluster %d refcount=%d reference=0", cl, rc))
-				maxUsed = max(maxUsed, cl)
-			}
-		}
-	}
+	})
 	// COPIED flags of the active tree.
 	for i, e1 := range img.l1 {
 		l2off := int64(e1 & offsetMask)
@@ -342,15 +334,12 @@ func (img *Image) fixRefcountsInPlace(mode block.RepairMode) error {
 			}
 		}
 	}
-	for bi, e := range img.reftable {
-		if e&refOffsetMask == 0 || (int64(bi)+1)<<img.rbBits <= int64(len(c.refs)) || mode&block.RepairLeaks == 0 {
-			continue
-		}
-		for cl := max(int64(bi)<<img.rbBits, int64(len(c.refs))); cl < (int64(bi)+1)<<img.rbBits; cl++ {
-			if rc, err := img.refcount(cl); err == nil && rc > 0 {
-				if err := img.setRefcount(cl, 0); err != nil {
-					return err
-				}
+	if mode&block.RepairLeaks != 0 {
+		var leaked []int64
+		img.scanBeyond(int64(len(c.refs)), func(cl int64, _ uint64) { leaked = append(leaked, cl) })
+		for _, cl := range leaked {
+			if err := img.setRefcount(cl, 0); err != nil {
+				return err
 			}
 		}
 	}
@@ -374,9 +363,8 @@ func (img *Image) rebuildRefcounts() error {
 			break
 		}
 	}
-	for cl := range c.beyond {
-		end = max(end, cl+1)
-	}
+	// References past the end of the file stay corruptions: giving them
+	// refcounts would let a hostile image make us write blocks without end.
 	R := int64(1) << img.rbBits
 	var nb, nt int64
 	for {
@@ -398,7 +386,7 @@ func (img *Image) rebuildRefcounts() error {
 		case cl < int64(len(c.refs)):
 			return uint64(c.refs[cl])
 		}
-		return uint64(c.beyond[cl])
+		return 0
 	}
 	table := make([]uint64, nt<<img.cbits/8)
 	blk := make([]byte, img.cs)
@@ -436,4 +424,87 @@ func (img *Image) rebuildRefcounts() error {
 	img.freeHint = 0
 	img.compNext = 0
 	return nil
+}
+
+// countBitmaps adds the references of persistent dirty bitmaps (their
+// directory, tables and data clusters), which QEMU counts while the
+// bitmaps autoclear bit says the extension is valid.
+func (c *checker) countBitmaps() {
+	img := c.img
+	if img.h.autoclear&autoclearBitmaps == 0 {
+		return
+	}
+	var ext []byte
+	for _, e := range img.h.exts {
+		if e.typ == extBitmaps {
+			ext = e.data
+		}
+	}
+	if len(ext) < 24 {
+		return
+	}
+	nb := be32(ext)
+	dirSize := be64(ext[8:])
+	dirOff := be64(ext[16:])
+	if nb == 0 || nb > 65535 || dirSize > 64<<20 || int64(dirOff)&(img.cs-1) != 0 {
+		c.errorf("ERROR bitmap directory at %#x (%d bytes) is invalid", dirOff, dirSize)
+		return
+	}
+	dir := make([]byte, dirSize)
+	if err := readFull(img.f, dir, int64(dirOff)); err != nil {
+		c.errorf("ERROR reading bitmap directory: %v", err)
+		return
+	}
+	c.inc(int64(dirOff), int64(dirSize))
+	for i, p := uint32(0), uint64(0); i < nb; i++ {
+		if p+24 > dirSize {
+			c.errorf("ERROR bitmap directory entry %d beyond the directory", i)
+			return
+		}
+		e := dir[p:]
+		toff := int64(be64(e))
+		tsize := int64(be32(e[8:]))
+		nameSize := uint64(be16(e[18:]))
+		extra := uint64(be32(e[20:]))
+		p += (24 + extra + nameSize + 7) &^ 7
+		if toff&(img.cs-1) != 0 || tsize > maxL1Bytes/8 {
+			c.errorf("ERROR bitmap table of bitmap %d is invalid", i)
+			continue
+		}
+		c.inc(toff, tsize*8)
+		tbl := make([]byte, tsize*8)
+		if err := readFull(img.f, tbl, toff); err != nil {
+			c.errorf("ERROR reading bitmap table: %v", err)
+			continue
+		}
+		for j := int64(0); j < tsize; j++ {
+			if off := int64(be64(tbl[j*8:]) & offsetMask); off != 0 {
+				c.inc(off, img.cs)
+			}
+		}
+	}
+}
+
+// scanBeyond calls fn for every cluster at or past index n (the end of the
+// file) with a nonzero refcount. Each refcount block is read once, however
+// often a corrupt table names it.
+func (img *Image) scanBeyond(n int64, fn func(cl int64, rc uint64)) {
+	seen := map[int64]bool{}
+	for bi, e := range img.reftable {
+		off := int64(e & refOffsetMask)
+		first := int64(bi) << img.rbBits
+		if off == 0 || first+1<<img.rbBits <= n || seen[off] {
+			continue
+		}
+		seen[off] = true
+		t, err := img.loadTable(img.rbc, off, "refcount block")
+		if err != nil {
+			continue
+		}
+		for i := max(first, n) - first; i < 1<<img.rbBits; i++ {
+			if rc := img.rcGet(t.buf, i); rc != 0 {
+				fn(first+i, rc)
+			}
+		}
+	}
 }

@@ -156,3 +156,27 @@ func TestDirtyRebuild(t *testing.T) {
 	qemuCheck(t, name)
 	qemuIO(t, name, "qcow2", "read -P 1 0 64k")
 }
+
+func TestWriteRefusesMetadataOverlap(t *testing.T) {
+	name := leakyImage(t)
+	// Point the L2 entry of guest cluster 0 at the refcount table.
+	poke(t, name, 256<<10, be64b(1<<63|64<<10))
+	img, err := block.Open(name, block.OpenOptions{Format: "qcow2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.WriteAt(make([]byte, 512), 0); err == nil || !strings.Contains(err.Error(), "overlaps") {
+		t.Fatalf("write over the refcount table: %v", err)
+	}
+	img.Close()
+	// Point the L1 entry at the L1 table itself.
+	poke(t, name, 192<<10, be64b(1<<63|192<<10))
+	img2, err := block.Open(name, block.OpenOptions{Format: "qcow2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img2.Close()
+	if _, err := img2.WriteAt(make([]byte, 512), 0); err == nil || !strings.Contains(err.Error(), "overlaps") {
+		t.Fatalf("write through an L2 table overlapping L1: %v", err)
+	}
+}

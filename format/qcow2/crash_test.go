@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -50,6 +51,7 @@ func TestCrashWriter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	fmt.Println("READY")
 	r := rand.New(rand.NewSource(seed))
 	var pending []string
 	for {
@@ -100,15 +102,40 @@ func crashRun(t *testing.T, opts string, kills int) {
 			fmt.Sprintf("QCOW2_CRASH_SEED=%d", k), fmt.Sprintf("QCOW2_CRASH_SEQ=%d", seq))
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
-		cmd.Stdout = &stderr
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Duration(100+r.Intn(300)) * time.Millisecond)
+		// Kill at a random moment after the writer has the image open
+		// (start-up time varies a lot, e.g. under -race).
+		ready := make(chan struct{})
+		done := make(chan struct{})
+		var outBuf bytes.Buffer
+		go func() {
+			defer close(done)
+			sc := bufio.NewScanner(stdout)
+			for sc.Scan() {
+				if sc.Text() == "READY" {
+					close(ready)
+					break
+				}
+				outBuf.WriteString(sc.Text() + "\n")
+			}
+			io.Copy(&outBuf, stdout)
+		}()
+		select {
+		case <-ready:
+		case <-time.After(30 * time.Second):
+		}
+		time.Sleep(time.Duration(50+r.Intn(250)) * time.Millisecond)
 		cmd.Process.Kill()
+		<-done
 		cmd.Wait()
-		if strings.Contains(stderr.String(), "FAIL") {
-			t.Fatalf("writer failed:\n%s", stderr.String())
+		if out := outBuf.String() + stderr.String(); strings.Contains(out, "FAIL") {
+			t.Fatalf("writer failed:\n%s", out)
 		}
 		seq += 1 << 32 // sequence numbers of each run stay apart
 

@@ -94,6 +94,7 @@ type header struct {
 	exts        []extension        // every extension but the end marker, in order
 }
 
+func be16(b []byte) uint16 { return binary.BigEndian.Uint16(b) }
 func be32(b []byte) uint32 { return binary.BigEndian.Uint32(b) }
 func be64(b []byte) uint64 { return binary.BigEndian.Uint64(b) }
 

@@ -207,6 +207,9 @@ func (img *Image) writeInPlace(p []byte, off int64) (bool, error) {
 		if !img.inPlace(e) {
 			return false, nil
 		}
+		if img.overlapsMetadata(e.host(), img.cs) {
+			return false, errOverlap("data cluster", e.host())
+		}
 		h := e.host() + pos&(img.cs-1)
 		if k := len(ws); k > 0 && ws[k-1].host+ws[k-1].n == h {
 			ws[k-1].n += cend - pos
@@ -237,6 +240,9 @@ func (img *Image) writeLocked(p []byte, off int64) error {
 			return err
 		}
 		e := img.getEntry(t, idx)
+		if e.host() != 0 && !e.compressed() && e.copied() && img.overlapsMetadata(e.host(), img.cs) {
+			return errOverlap("data cluster", e.host())
+		}
 		if img.inPlace(e) {
 			if _, err := img.f.WriteAt(p[pos-off:cend-off], e.host()+pos-cstart); err != nil {
 				return fmt.Errorf("qcow2: writing data: %w", err)

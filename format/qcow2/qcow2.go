@@ -210,6 +210,11 @@ func (img *Image) openWritable() error {
 		if _, err := img.checkLocked(block.RepairAll, true); err != nil {
 			return fmt.Errorf("qcow2: rebuilding refcounts of a dirty image: %w", err)
 		}
+		// Everything on disk and the dirty bit cleared, as at close; later
+		// writes set it again if lazy refcounts are on.
+		if err := img.flushLocked(true); err != nil {
+			return err
+		}
 		img.h.incompatible &^= incDirty
 		img.headerDirty = true
 	}

@@ -28,6 +28,9 @@ func TestReadMatrix(t *testing.T) {
 		"extended_l2=on", "extended_l2=on,cluster_size=16k", "extended_l2=on,cluster_size=2M",
 		"preallocation=metadata", "preallocation=metadata,cluster_size=4k",
 	}
+	if raceEnabled {
+		cases = cases[:6]
+	}
 	for i, o := range cases {
 		t.Run(o, func(t *testing.T) {
 			name := filepath.Join(dir, fmt.Sprintf("m%d.qcow2", i))

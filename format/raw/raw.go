@@ -30,8 +30,9 @@ type Image struct {
 	f        block.File
 	size     atomic.Int64 // changes under Resize while I/O runs
 	readOnly bool
-	// probed guards sector 0: a raw image whose format was guessed must not
-	// let a guest turn it into something that probes as another format.
+	// probed guards the head and tail: a raw image whose format was guessed
+	// must not let a guest turn it into something that probes as another
+	// format.
 	probed bool
 	// unsafe skips syncing on Flush and Close (cache=unsafe).
 	unsafe bool
@@ -143,7 +144,7 @@ func (m *Image) WriteAt(p []byte, off int64) (int, error) {
 	if err := block.CheckRange(off, int64(len(p)), m.Size()); err != nil {
 		return 0, err
 	}
-	if m.probed && off < block.ProbeHeadSize && len(p) > 0 {
+	if m.probed && m.touchesProbe(off, int64(len(p))) {
 		if err := m.guardProbe(p, off); err != nil {
 			return 0, err
 		}
@@ -151,24 +152,57 @@ func (m *Image) WriteAt(p []byte, off int64) (int, error) {
 	return m.f.WriteAt(p, off)
 }
 
+// guardZeroes is guardProbe for a zeroed range, checking only the parts
+// of it that probing sees so a huge range needs no huge buffer.
+func (m *Image) guardZeroes(off, n int64) error {
+	if off < block.ProbeHeadSize {
+		if err := m.guardProbe(make([]byte, min(n, block.ProbeHeadSize-off)), off); err != nil {
+			return err
+		}
+	}
+	if tailOff := m.Size() - block.ProbeTailSize; off+n > tailOff {
+		start := max(off, tailOff)
+		return m.guardProbe(make([]byte, off+n-start), start)
+	}
+	return nil
+}
+
+// touchesProbe reports whether a write of n bytes at off reaches the bytes
+// probing looks at: the head, and the tail where VHD keeps its footer.
+func (m *Image) touchesProbe(off, n int64) bool {
+	return n > 0 && (off < block.ProbeHeadSize || off+n > m.Size()-block.ProbeTailSize)
+}
+
 // guardProbe refuses a write that would make the image probe as another
-// format, the attack where a guest writes a qcow2 header naming a host file
-// as backing into its raw disk.
+// format: the attack where a guest writes a qcow2 header naming a host file
+// as backing into its raw disk, or a VHD footer into its last sector.
 func (m *Image) guardProbe(p []byte, off int64) error {
-	head := make([]byte, min(m.Size(), block.ProbeHeadSize))
+	size := m.Size()
+	head := make([]byte, min(size, block.ProbeHeadSize))
 	if _, err := m.f.ReadAt(head, 0); err != nil && !errorsIsEOF(err) {
 		return err
 	}
-	copy(head[off:], p)
-	tail := make([]byte, min(m.Size(), block.ProbeTailSize))
-	if _, err := m.f.ReadAt(tail, m.Size()-int64(len(tail))); err != nil && !errorsIsEOF(err) {
+	tailOff := size - min(size, block.ProbeTailSize)
+	tail := make([]byte, size-tailOff)
+	if _, err := m.f.ReadAt(tail, tailOff); err != nil && !errorsIsEOF(err) {
 		return err
 	}
+	overlay(head, 0, p, off)
+	overlay(tail, tailOff, p, off)
 	if f, _ := block.Probe(head, tail, m.f.Name()); f != nil && f.Name != "raw" {
-		return fmt.Errorf("raw: write to the first sectors would make this image look like %s; "+
+		return fmt.Errorf("raw: this write would make the image look like %s; "+
 			"the format was probed, so this is refused: open it with -f raw to allow it", f.Name)
 	}
 	return nil
+}
+
+// overlay copies the part of p (which belongs at off) that falls inside
+// buf (which holds the bytes at bufOff).
+func overlay(buf []byte, bufOff int64, p []byte, off int64) {
+	start, end := max(off, bufOff), min(off+int64(len(p)), bufOff+int64(len(buf)))
+	if start < end {
+		copy(buf[start-bufOff:end-bufOff], p[start-off:end-off])
+	}
 }
 
 func (m *Image) Flush() error {
@@ -218,8 +252,8 @@ func (m *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
 	if flags&block.ZeroFast != 0 {
 		return block.ErrNotSupported
 	}
-	if m.probed && off < block.ProbeHeadSize {
-		if err := m.guardProbe(make([]byte, min(n, block.ProbeHeadSize-off)), off); err != nil {
+	if m.probed && m.touchesProbe(off, n) {
+		if err := m.guardZeroes(off, n); err != nil {
 			return err
 		}
 	}

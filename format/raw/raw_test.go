@@ -38,6 +38,43 @@ func create(t *testing.T, size int64, prealloc string) string {
 	return name
 }
 
+// A stand-in for a format that probes by its footer, as fixed VHD does.
+func init() {
+	block.Register(&block.Format{
+		Name: "fakefooter",
+		Probe: func(head, tail []byte, name string) int {
+			if bytes.HasPrefix(tail, []byte("conectix")) {
+				return 100
+			}
+			return 0
+		},
+	})
+}
+
+func TestProbedRawRefusesFormatFooter(t *testing.T) {
+	const size = 1 << 20
+	name := create(t, size, "")
+	probed := open(t, name, block.OpenOptions{})
+	defer probed.Close()
+	_, err := probed.WriteAt([]byte("conectix"), size-512)
+	if err == nil || !strings.Contains(err.Error(), "fakefooter") {
+		t.Fatalf("probed raw accepted a footer in its last sector: %v", err)
+	}
+	// The same bytes anywhere else in the tail are harmless.
+	if _, err := probed.WriteAt([]byte("conectix"), size-8); err != nil {
+		t.Errorf("harmless write to the last sector: %v", err)
+	}
+	// A write spanning head and tail at once is judged as a whole.
+	small := create(t, 1024, "")
+	img := open(t, small, block.OpenOptions{})
+	defer img.Close()
+	buf := make([]byte, 1024)
+	copy(buf[512:], "conectix")
+	if _, err := img.WriteAt(buf, 0); err == nil {
+		t.Error("a whole-image write planting a footer was accepted")
+	}
+}
+
 func allocated(t *testing.T, name string) int64 {
 	t.Helper()
 	f, err := os.Open(name)

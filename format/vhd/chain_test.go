@@ -3,11 +3,13 @@ package vhd_test
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"io"
 	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -55,6 +57,7 @@ func TestDifferencingChain(t *testing.T) {
 	create(t, mid, map[string]string{"backing_file": "base.vhd"})
 	baseHash := fileHash(t, base)
 	write(mid)
+	checkVhdimount(t, mid, libvhdiView(t, []string{mid, base}))
 	create(t, top, map[string]string{"backing_file": mid, "backing_fmt": "vhd"})
 	midHash := fileHash(t, mid)
 	write(top)
@@ -97,9 +100,11 @@ func TestDifferencingChain(t *testing.T) {
 	if !strings.Contains(out, "mid.vhd") {
 		t.Fatalf("vhdiinfo does not show the parent name:\n%s", out)
 	}
-	// vhdimount of libvhdi 20210425 (Debian 12) reads every sector of a
-	// differencing disk from the parent, even of fully present blocks,
-	// so only the dynamic base is compared byte for byte above.
+	// libvhdi 20210425 decodes sector bitmaps with an unmasked shift:
+	// a clear bit after a set one in the same byte reads as present. Its
+	// view is computed with that rule from the files; it equals the true
+	// content wherever bitmap bytes are all-or-nothing.
+	checkVhdimount(t, top, libvhdiView(t, []string{top, mid, base}))
 
 	// Moving the pair keeps the relative locator working.
 	moved := filepath.Join(dir, "moved")
@@ -130,6 +135,8 @@ func TestDifferencingChain(t *testing.T) {
 }
 
 // checkVhdimount mounts the image with libvhdi's FUSE tool and compares.
+// vhdimount shows one file per layer of a chain, vhdi1 the bottom parent;
+// the image asked for is the last.
 func checkVhdimount(t *testing.T, file string, want []byte) {
 	t.Helper()
 	mnt := t.TempDir()
@@ -139,12 +146,21 @@ func checkVhdimount(t *testing.T, file string, want []byte) {
 		t.Fatalf("vhdimount: %v\n%s", err, out)
 	}
 	defer exec.Command("fusermount", "-u", mnt).Run()
-	// Read in large chunks: libvhdi 20210425 returns zeros for some
-	// present sectors of partially marked blocks when read 512 or 4096
-	// bytes at a time (the same image reads correctly in 64 KiB reads).
+	// With partially marked bitmap bytes, libvhdi's answer can depend on
+	// the read size (its bitmap defect, see libvhdiView); read in 1 MiB.
 	var got []byte
 	for i := 0; i < 50; i++ {
-		if got, err = readChunked(filepath.Join(mnt, "vhdi1"), 1<<20); err == nil {
+		var names []string
+		names, err = filepath.Glob(filepath.Join(mnt, "vhdi*"))
+		if err == nil && len(names) == 0 {
+			err = os.ErrNotExist
+		}
+		if err != nil {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		sort.Strings(names)
+		if got, err = readChunked(names[len(names)-1], 1<<20); err == nil {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -216,4 +232,90 @@ func TestParentLoop(t *testing.T) {
 	if _, err := block.Open(c, block.OpenOptions{ReadOnly: true}); err == nil || !strings.Contains(err.Error(), "deeper than") {
 		t.Fatalf("wrong parent: %v", err)
 	}
+}
+
+// libvhdiView composes a chain (top first, dynamic base last) from the
+// files the way libvhdi 20210425 reads it, bitmap defect included.
+func libvhdiView(t *testing.T, files []string) []byte {
+	type layer struct {
+		b          []byte
+		bat        []uint32
+		bs, bmSize int64
+		diff       bool
+	}
+	var ls []layer
+	be := binary.BigEndian
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := b[512:1536]
+		n := int(be.Uint32(h[28:]))
+		bo := int64(be.Uint64(h[16:]))
+		l := layer{b: b, bs: int64(be.Uint32(h[32:])), diff: be.Uint32(b[60:]) == 4}
+		l.bmSize = (l.bs/512/8 + 511) / 512 * 512
+		for i := 0; i < n; i++ {
+			l.bat = append(l.bat, be.Uint32(b[bo+4*int64(i):]))
+		}
+		ls = append(ls, l)
+	}
+	size := int64(be.Uint64(ls[0].b[48:]))
+	out := make([]byte, size)
+	for s := int64(0); s < size/512; s++ {
+		for _, l := range ls {
+			idx, in := s*512/l.bs, s*512%l.bs
+			e := l.bat[idx]
+			if e == 0xFFFFFFFF {
+				if l.diff {
+					continue
+				}
+				break
+			}
+			start := int64(e) * 512
+			if l.diff {
+				sec := in / 512
+				if l.b[start+sec/8]>>(7-sec%8) == 0 {
+					continue
+				}
+			}
+			copy(out[s*512:s*512+512], l.b[start+l.bmSize+in:])
+			break
+		}
+	}
+	return out
+}
+
+// TestDifferencingLibvhdiAligned writes a chain in whole 4 KiB units, so
+// that every bitmap byte is all-or-nothing and libvhdi's bitmap defect
+// cannot show: vhdimount must then show exactly the true content.
+func TestDifferencingLibvhdiAligned(t *testing.T) {
+	dir := t.TempDir()
+	files := []string{filepath.Join(dir, "a.vhd"), filepath.Join(dir, "b.vhd"), filepath.Join(dir, "c.vhd")}
+	create(t, files[0], map[string]string{"size": "4M", "block_size": "256K"})
+	create(t, files[1], map[string]string{"backing_file": "a.vhd"})
+	create(t, files[2], map[string]string{"backing_file": "b.vhd"})
+	var mirror []byte
+	rng := rand.New(rand.NewSource(9))
+	for _, f := range files {
+		img, err := block.Open(f, block.OpenOptions{NoBacking: f == files[0]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mirror == nil {
+			mirror = make([]byte, img.Size())
+		}
+		for i := 0; i < 60; i++ {
+			n := int64(rng.Intn(8)+1) * 4096
+			off := rng.Int63n((img.Size()-n)/4096) * 4096
+			p := make([]byte, n)
+			rng.Read(p)
+			if _, err := img.WriteAt(p, off); err != nil {
+				t.Fatal(err)
+			}
+			copy(mirror[off:], p)
+		}
+		img.Close()
+	}
+	checkVhdimount(t, files[2], mirror)
 }

@@ -107,6 +107,7 @@ func TestQemuImages(t *testing.T) {
 	for i, c := range cases {
 		name := fmt.Sprintf("%s-%s-force%v", c.size, c.sub, c.force)
 		t.Run(name, func(t *testing.T) {
+			t.Parallel()
 			file := filepath.Join(dir, fmt.Sprintf("q%d.vhd", i))
 			o := "subformat=" + c.sub
 			if c.force {
@@ -117,9 +118,11 @@ func TestQemuImages(t *testing.T) {
 			// A few patterns, one across a block boundary, one at the end.
 			mid := min(int64(2044<<10), size/2)
 			cmds := []string{"write -P 0x5a 0 4k", fmt.Sprintf("write -P 0x33 %d 8k", mid), fmt.Sprintf("write -P 0x77 %d 512", size-512)}
+			args := []string{"-f", "vpc"}
 			for _, cmd := range cmds {
-				run(t, "qemu-io", "-f", "vpc", "-c", cmd, file)
+				args = append(args, "-c", cmd)
 			}
+			run(t, "qemu-io", append(args, file)...)
 			img, err := block.Open(file, block.OpenOptions{ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
@@ -132,7 +135,7 @@ func TestQemuImages(t *testing.T) {
 				t.Fatalf("map differs\n ours: %s\nqemu: %s", got, want)
 			}
 			if size <= 256<<20 {
-				raw := filepath.Join(dir, "out.raw")
+				raw := filepath.Join(dir, fmt.Sprintf("q%d.raw", i))
 				run(t, "qemu-img", "convert", "-f", "vpc", "-O", "raw", file, raw)
 				want, err := os.ReadFile(raw)
 				if err != nil {

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every native fuzz target briefly (FUZZTIME each, default 10s). The
+# seed corpora under testdata/fuzz also run as ordinary tests in `go test`.
+set -euo pipefail
+t=${FUZZTIME:-10s}
+for pkg in $(go list ./...); do
+	dir=$(go list -f '{{.Dir}}' "$pkg")
+	for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
+		echo "fuzz $pkg $target ($t)"
+		go test "$pkg" -run '^$' -fuzz "^${target}\$" -fuzztime "$t" -fuzzminimizetime 5s >/tmp/vdisk-fuzz.log 2>&1 || {
+			cat /tmp/vdisk-fuzz.log
+			exit 1
+		}
+	done
+done
