@@ -7,17 +7,20 @@ import (
 	"vdisk/block"
 )
 
+// createOptions are in qemu-img's order, which is the order of the
+// "Formatting ..." line; options without a default (compat, preallocation)
+// appear there only when given, as with qemu-img.
 var createOptions = []block.OptionSpec{
-	{Name: "size", Type: block.OptSize, Help: "Virtual disk size"},
-	{Name: "compat", Type: block.OptString, Default: "1.1", Help: "Compatibility level (v2 [0.10] or v3 [1.1])"},
-	{Name: "backing_file", Type: block.OptString, Help: "File name of a base image"},
-	{Name: "backing_fmt", Type: block.OptString, Help: "Image format of the base image"},
 	{Name: "cluster_size", Type: block.OptSize, Default: "65536", Help: "qcow2 cluster size"},
 	{Name: "extended_l2", Type: block.OptBool, Default: "off", Help: "Extended L2 tables"},
-	{Name: "preallocation", Type: block.OptString, Default: "off", Help: "Preallocation mode (allowed values: off, metadata, falloc, full)"},
+	{Name: "preallocation", Type: block.OptString, Help: "Preallocation mode (allowed values: off, metadata, falloc, full; default off)"},
+	{Name: "compression_type", Type: block.OptString, Default: "zlib", Help: "Compression method used for image cluster compression (zlib, zstd)"},
+	{Name: "size", Type: block.OptSize, Help: "Virtual disk size"},
+	{Name: "compat", Type: block.OptString, Help: "Compatibility level (v2 [0.10] or v3 [1.1]; default 1.1)"},
+	{Name: "backing_file", Type: block.OptString, Help: "File name of a base image"},
+	{Name: "backing_fmt", Type: block.OptString, Help: "Image format of the base image"},
 	{Name: "lazy_refcounts", Type: block.OptBool, Default: "off", Help: "Postpone refcount updates"},
 	{Name: "refcount_bits", Type: block.OptNumber, Default: "16", Help: "Width of a reference count entry in bits"},
-	{Name: "compression_type", Type: block.OptString, Default: "zlib", Help: "Compression method used for image cluster compression (zlib, zstd)"},
 }
 
 // nopClose lets create open its own image on the caller's container

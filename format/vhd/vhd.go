@@ -32,9 +32,9 @@ var Format = &block.Format{
 	Create:  create,
 	CreateOptions: []block.OptionSpec{
 		{Name: "size", Type: block.OptSize, Help: "Virtual disk size"},
-		{Name: "subformat", Type: block.OptString, Default: "dynamic", Help: "Type of virtual hard disk format (allowed values: dynamic, fixed)"},
-		{Name: "force_size", Type: block.OptBool, Default: "off", Help: "Keep the exact size instead of rounding it to a CHS geometry"},
-		{Name: "block_size", Type: block.OptSize, Default: "2M", Help: "Block size of dynamic and differencing disks (a power of two)"},
+		{Name: "subformat", Type: block.OptString, Help: "Type of virtual hard disk format (allowed values: dynamic, fixed; default dynamic)"},
+		{Name: "force_size", Type: block.OptBool, Help: "Keep the exact size instead of rounding it to a CHS geometry (default off)"},
+		{Name: "block_size", Type: block.OptSize, Help: "Block size of dynamic and differencing disks (a power of two; default 2M)"},
 		{Name: "backing_file", Type: block.OptString, Help: "Parent image of a differencing disk"},
 		{Name: "backing_fmt", Type: block.OptString, Help: "Format of the parent image (vhd)"},
 	},
