@@ -6,8 +6,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"syscall"
 )
 
 // MaxBackingDepth bounds backing chains so that a loop of images naming
@@ -41,6 +43,10 @@ type OpenOptions struct {
 	Probed bool
 	// Depth is the position of this image in a backing chain (0 = top).
 	Depth int
+	// Chain identifies the images above this one in a backing chain (and,
+	// once Open has run, this one too), so OpenBacking can refuse a chain
+	// that loops back on itself.
+	Chain []string
 }
 
 // OpenFlags are what a protocol needs to open its container.
@@ -141,6 +147,7 @@ func Open(name string, opts OpenOptions) (Image, error) {
 		opts.Probed = true
 		opts.Format = format.Name
 	}
+	opts.Chain = append(opts.Chain[:len(opts.Chain):len(opts.Chain)], identity(name, f))
 	if format.Open == nil {
 		f.Close()
 		return nil, fmt.Errorf("%s: format '%s' cannot open images", name, format.Name)
@@ -237,17 +244,46 @@ func ResolveBacking(imageName, backing string) string {
 }
 
 // OpenBacking opens the backing image of a layer at depth parentDepth,
-// read-only, with the same sharing as its parent.
+// read-only, with the same sharing as its parent. A backing file that is
+// already part of the chain above is refused, as qemu-img does.
 func OpenBacking(imageName, backing, format string, parent *OpenOptions) (Image, error) {
 	full := ResolveBacking(imageName, backing)
+	id := full
+	if IsLocalName(full) {
+		if st, err := os.Stat(full); err == nil {
+			id = fileIdentity(full, st)
+		}
+	}
+	if slices.Contains(parent.Chain, id) {
+		return nil, fmt.Errorf("backing file '%s' creates an infinite loop", backing)
+	}
 	img, err := Open(full, OpenOptions{
 		Format:     format,
 		ReadOnly:   true,
 		ForceShare: parent.ForceShare,
 		Depth:      parent.Depth + 1,
+		Chain:      parent.Chain,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("could not open backing file: %w", err)
 	}
 	return img, nil
+}
+
+// identity names an open container for loop detection: device and inode
+// for local files, whatever their path, else the name.
+func identity(name string, f File) string {
+	if st, ok := f.(Stater); ok {
+		if fi, err := st.Stat(); err == nil {
+			return fileIdentity(name, fi)
+		}
+	}
+	return name
+}
+
+func fileIdentity(name string, fi os.FileInfo) string {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return fmt.Sprintf("file:%d:%d", st.Dev, st.Ino)
+	}
+	return name
 }
