@@ -31,3 +31,11 @@ lint:
 
 fuzz:
 	FUZZTIME=$${FUZZTIME:-60s} ./scripts/fuzz.sh
+
+# Benchmarks against the QEMU tools (see the README's table), then the
+# drivers' own Go benchmarks. bench/attach.sh needs root.
+bench: build
+	bench/convert.sh ./$(BIN)
+	VDISK=./$(BIN) bench/nbd.sh
+	bench/attach.sh ./$(BIN)
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./format/... ./block/cache ./imgtool
