@@ -336,7 +336,9 @@ func (img *Image) Close() error {
 	}
 	img.closed = true
 	var errs []error
-	if !img.ro {
+	if !img.ro && !img.corrupt {
+		// A corrupt image's metadata is not written back: it may be
+		// what the overlap check refused.
 		errs = append(errs, img.flushLocked(true))
 	}
 	if img.backing != nil {
