@@ -142,7 +142,7 @@ func parseHeader(b []byte, fileSize int64) (*header, error) {
 			h.compressionType = b[104]
 		}
 	default:
-		return nil, fmt.Errorf("qcow2: unsupported version %d", h.version)
+		return nil, fmt.Errorf("qcow2: Unsupported qcow2 version %d", h.version)
 	}
 	if h.clusterBits < minClusterBits || h.clusterBits > maxClusterBits {
 		return nil, fmt.Errorf("qcow2: unsupported cluster size: 2^%d", h.clusterBits)

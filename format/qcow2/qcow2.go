@@ -31,11 +31,17 @@ var (
 	DefaultRefcountCacheBytes int64 = 1 << 20
 )
 
+// probe claims anything with the qcow2 magic, as QEMU does for versions
+// 2 and up, so that an image of an unsupported version fails to open with
+// a clear error instead of being taken for raw (and its guest writing
+// over the header). Version 0 and 1 (the older qcow format, which has no
+// driver here) still win over raw for the same reason.
 func probe(head, tail []byte, name string) int {
 	if len(head) >= 8 && be32(head) == magic {
-		if v := be32(head[4:]); v == 2 || v == 3 {
+		if be32(head[4:]) >= 2 {
 			return 100
 		}
+		return 50
 	}
 	return 0
 }
