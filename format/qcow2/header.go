@@ -216,11 +216,6 @@ func parseHeader(b []byte, fileSize int64) (*header, error) {
 	if h.nbSnapshots > maxSnapshots {
 		return nil, fmt.Errorf("qcow2: too many snapshots (%d)", h.nbSnapshots)
 	}
-	if h.nbSnapshots > 0 {
-		if err := checkTable("snapshot table", h.snapshotsOffset, 1, cs, fileSize); err != nil {
-			return nil, err
-		}
-	}
 	if h.backingOffset != 0 {
 		if h.backingSize > maxBackingName || h.backingOffset >= cs || h.backingOffset+uint64(h.backingSize) > cs ||
 			h.backingOffset+uint64(h.backingSize) > uint64(len(b)) {

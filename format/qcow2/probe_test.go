@@ -29,3 +29,33 @@ func TestProbeUnsupportedVersion(t *testing.T) {
 		})
 	}
 }
+
+// A damaged snapshot table keeps the image from opening, but a read-only
+// check opens it without the snapshots and reports the damage, as
+// qemu-img check does.
+func TestCheckToleratesBrokenSnapshotTable(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "s.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", name, "1M")
+	qemuIO(t, name, "qcow2", "write -P 1 0 64k")
+	run(t, "qemu-img", "snapshot", "-c", "s1", name)
+	poke(t, name, 64, be64b(0x7000000000))
+	if img, err := block.Open(name, block.OpenOptions{ReadOnly: true}); err == nil {
+		img.Close()
+		t.Fatal("image with a snapshot table past the end opened")
+	}
+	img, err := block.Open(name, block.OpenOptions{ReadOnly: true, Check: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	res, err := img.(block.Checker).Check(block.RepairNone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Corruptions == 0 || len(res.Messages) == 0 || !strings.Contains(res.Messages[0], "snapshot table") {
+		t.Fatalf("check result: %+v", res)
+	}
+	if _, err := block.Open(name, block.OpenOptions{Check: true}); err == nil {
+		t.Fatal("read/write open ignored the broken snapshot table")
+	}
+}

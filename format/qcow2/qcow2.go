@@ -98,6 +98,7 @@ type Image struct {
 	oldSnapshotTableLen int64
 	lazy                bool // lazy refcounts: the dirty bit is set on disk
 	corrupt             bool
+	snapErr             error // snapshot table unreadable (read-only check opens only)
 	preallocOnce        sync.Once
 	prealloc            bool // see metadataPreallocated
 	closed              bool
@@ -185,7 +186,13 @@ func open(f block.File, opts *block.OpenOptions, l2Bytes, rbBytes int64) (*Image
 		img.reftable[i] = be64(buf[i*8:])
 	}
 	if err := img.loadSnapshots(); err != nil {
-		return nil, err
+		if !opts.Check || !img.ro {
+			return nil, err
+		}
+		// A read-only check goes on without the snapshots, as qemu-img
+		// check does, and reports the damage.
+		img.snapshots = nil
+		img.snapErr = err
 	}
 	if h.backingFile != "" && !opts.NoBacking {
 		b, err := block.OpenBacking(img.name, h.backingFile, h.backingFmt, opts)
