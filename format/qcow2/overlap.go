@@ -37,7 +37,9 @@ func (img *Image) metaOverlap(off, n int64, mask int) string {
 		return "active L1 table"
 	case mask&olReftable != 0 && in(int64(h.reftableOffset), int64(h.reftableClusters)<<img.cbits):
 		return "refcount table"
-	case mask&olSnapTable != 0 && in(int64(h.snapshotsOffset), img.snapshotTableSize()):
+	case mask&olSnapTable != 0 && h.nbSnapshots > 0 && in(int64(h.snapshotsOffset), img.oldSnapshotTableLen):
+		// The table on disk, not the in-memory list, which changes
+		// before its new table is allocated.
 		return "snapshot table"
 	}
 	if mask&olSnapL1 != 0 {
