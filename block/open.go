@@ -36,6 +36,9 @@ type OpenOptions struct {
 	// target: Flush and Close need not make data durable. For scratch
 	// copies that can be redone after a crash. Drivers may ignore it.
 	Unsafe bool
+	// Check is set by check when opening read-only: a driver may then
+	// tolerate damage it would refuse otherwise, and report it from Check.
+	Check bool
 
 	// Probed is set by Open when the format was probed rather than named;
 	// the raw driver uses it to refuse writes that would change the

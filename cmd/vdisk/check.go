@@ -40,6 +40,7 @@ format does not support checks.`,
 				return usageError(cmd, "invalid -r value '%s': use 'leaks' or 'all'", repair)
 			}
 			name := args[0]
+			of.check = true
 			img, err := of.open(name, mode == block.RepairNone, true)
 			if err != nil {
 				return err

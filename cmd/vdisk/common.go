@@ -14,6 +14,7 @@ type openFlags struct {
 	format     string
 	forceShare bool
 	cacheSize  string
+	check      bool // opening for a check (see block.OpenOptions.Check)
 }
 
 func (o *openFlags) register(fs *pflag.FlagSet, withShare bool) {
@@ -50,6 +51,7 @@ func (o *openFlags) open(name string, readOnly bool, noBacking bool) (block.Imag
 		ForceShare: o.forceShare,
 		NoBacking:  noBacking,
 		CacheSize:  cs,
+		Check:      o.check && readOnly,
 	})
 }
 

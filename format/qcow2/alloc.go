@@ -22,6 +22,9 @@ func (img *Image) allocClusters(n int64) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	if err := img.checkAlloc(s, n); err != nil {
+		return 0, err
+	}
 	if (s+n)<<img.cbits > maxHostOffset {
 		return 0, fmt.Errorf("qcow2: image file would exceed %d bytes", maxHostOffset)
 	}
@@ -194,6 +197,6 @@ func (img *Image) overlapsMetadata(off, n int64) bool {
 	return false
 }
 
-func errOverlap(what string, off int64) error {
-	return fmt.Errorf("qcow2: %s at %#x overlaps image metadata (corrupt image; run 'vdisk check')", what, off)
+func (img *Image) errOverlap(what string, off int64) error {
+	return img.markCorrupt(what+" would be written over metadata", off, img.cs)
 }

@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"fmt"
+	"strings"
 
 	"vdisk/block"
 )
@@ -236,6 +237,12 @@ func (img *Image) checkPass() (*block.CheckResult, bool, int, error) {
 	c, err := img.computeRefs(res, true)
 	if err != nil {
 		return nil, false, 0, err
+	}
+	if img.snapErr != nil {
+		// First, as qemu-img reports it before the references.
+		res.Corruptions++
+		msg := fmt.Sprintf("ERROR %s; snapshots ignored", strings.TrimPrefix(img.snapErr.Error(), "qcow2: "))
+		res.Messages = append([]string{msg}, res.Messages...)
 	}
 	copiedErrs := 0
 	needRebuild := res.Corruptions > 0

@@ -169,6 +169,11 @@ func TestWriteRefusesMetadataOverlap(t *testing.T) {
 		t.Fatalf("write over the refcount table: %v", err)
 	}
 	img.Close()
+	// The refused write marked the image corrupt, as QEMU does.
+	if _, err := block.Open(name, block.OpenOptions{Format: "qcow2"}); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("read/write open after the overlap: %v", err)
+	}
+	poke(t, name, 72, be64b(0))
 	// Point the L1 entry at the L1 table itself.
 	poke(t, name, 192<<10, be64b(1<<63|192<<10))
 	img2, err := block.Open(name, block.OpenOptions{Format: "qcow2"})

@@ -3,6 +3,7 @@ package qcow2
 import (
 	"errors"
 	"fmt"
+	"sort"
 
 	"vdisk/block"
 )
@@ -153,17 +154,18 @@ func create(f block.File, opts block.Options) error {
 	}
 	img.mu.Lock()
 	err = img.resizeLocked(size, false, false)
-	var start, end int64
+	var runs [][2]int64
 	if err == nil && prealloc != "off" {
-		start, end, err = img.preallocate()
+		runs, err = img.preallocate()
 	}
 	img.mu.Unlock()
 	if err := errors.Join(err, img.Close()); err != nil {
 		return err
 	}
-	if end == 0 {
+	if len(runs) == 0 {
 		return nil
 	}
+	end := runs[len(runs)-1][1]
 	fsize, err := f.Size()
 	if err != nil {
 		return err
@@ -173,49 +175,55 @@ func create(f block.File, opts block.Options) error {
 			return fmt.Errorf("qcow2: preallocation: %w", err)
 		}
 	}
-	switch prealloc {
-	case "falloc":
-		a, ok := f.(block.Allocator)
-		if !ok {
-			return errors.New("qcow2: preallocation=falloc is not supported by this container")
-		}
-		if err := a.Allocate(start, end-start); err != nil {
-			return fmt.Errorf("qcow2: preallocation=falloc: %w", err)
-		}
-	case "full":
-		if err := block.WriteZeroBytes(f, start, end-start); err != nil {
-			return fmt.Errorf("qcow2: preallocation=full: %w", err)
+	// Only the data runs: L2 tables and refcount blocks allocated between
+	// them are already written and must not be zeroed.
+	for _, r := range runs {
+		switch prealloc {
+		case "falloc":
+			a, ok := f.(block.Allocator)
+			if !ok {
+				return errors.New("qcow2: preallocation=falloc is not supported by this container")
+			}
+			if err := a.Allocate(r[0], r[1]-r[0]); err != nil {
+				return fmt.Errorf("qcow2: preallocation=falloc: %w", err)
+			}
+		case "full":
+			if err := block.WriteZeroBytes(f, r[0], r[1]-r[0]); err != nil {
+				return fmt.Errorf("qcow2: preallocation=full: %w", err)
+			}
 		}
 	}
 	return nil
 }
 
 // preallocate maps every cluster to a host cluster and returns the host
-// range the data clusters occupy.
-func (img *Image) preallocate() (int64, int64, error) {
+// ranges the data clusters occupy, in ascending order.
+func (img *Image) preallocate() ([][2]int64, error) {
 	n := (img.Size() + img.cs - 1) >> img.cbits
-	var dataStart, dataEnd int64 = -1, 0
+	var runs [][2]int64
 	for vc := int64(0); vc < n; {
 		t, idx, err := img.l2ForWrite(vc)
 		if err != nil {
-			return 0, 0, err
+			return nil, err
 		}
 		k := min(n-vc, int64(1)<<img.l2Bits-int64(idx))
 		host, err := img.allocClusters(k)
 		if err != nil {
-			return 0, 0, err
+			return nil, err
 		}
 		for i := int64(0); i < k; i++ {
 			img.setEntry(t, idx+int(i), img.dataEntry(host+i<<img.cbits))
 		}
-		if dataStart < 0 {
-			dataStart = host
+		if l := len(runs); l > 0 && runs[l-1][1] == host {
+			runs[l-1][1] += k << img.cbits
+		} else {
+			runs = append(runs, [2]int64{host, host + k<<img.cbits})
 		}
-		dataEnd = max(dataEnd, host+k<<img.cbits)
 		vc += k
 		if err := img.afterMetaChange(); err != nil {
-			return 0, 0, err
+			return nil, err
 		}
 	}
-	return max(dataStart, 0), dataEnd, nil
+	sort.Slice(runs, func(a, b int) bool { return runs[a][0] < runs[b][0] })
+	return runs, nil
 }

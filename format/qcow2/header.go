@@ -142,7 +142,7 @@ func parseHeader(b []byte, fileSize int64) (*header, error) {
 			h.compressionType = b[104]
 		}
 	default:
-		return nil, fmt.Errorf("qcow2: unsupported version %d", h.version)
+		return nil, fmt.Errorf("qcow2: Unsupported qcow2 version %d", h.version)
 	}
 	if h.clusterBits < minClusterBits || h.clusterBits > maxClusterBits {
 		return nil, fmt.Errorf("qcow2: unsupported cluster size: 2^%d", h.clusterBits)
@@ -215,11 +215,6 @@ func parseHeader(b []byte, fileSize int64) (*header, error) {
 	}
 	if h.nbSnapshots > maxSnapshots {
 		return nil, fmt.Errorf("qcow2: too many snapshots (%d)", h.nbSnapshots)
-	}
-	if h.nbSnapshots > 0 {
-		if err := checkTable("snapshot table", h.snapshotsOffset, 1, cs, fileSize); err != nil {
-			return nil, err
-		}
 	}
 	if h.backingOffset != 0 {
 		if h.backingSize > maxBackingName || h.backingOffset >= cs || h.backingOffset+uint64(h.backingSize) > cs ||

@@ -159,6 +159,10 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 		img.mu.RUnlock()
 		return 0, block.ErrClosed
 	}
+	if img.corrupt {
+		img.mu.RUnlock()
+		return 0, img.errCorrupted()
+	}
 	done, err := img.writeInPlace(p, off)
 	img.mu.RUnlock()
 	if err != nil {
@@ -171,6 +175,9 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 	defer img.mu.Unlock()
 	if img.closed {
 		return 0, block.ErrClosed
+	}
+	if img.corrupt {
+		return 0, img.errCorrupted()
 	}
 	if err := img.writeLocked(p, off); err != nil {
 		return 0, err
@@ -208,7 +215,7 @@ func (img *Image) writeInPlace(p []byte, off int64) (bool, error) {
 			return false, nil
 		}
 		if img.overlapsMetadata(e.host(), img.cs) {
-			return false, errOverlap("data cluster", e.host())
+			return false, nil // the exclusive path marks the image corrupt
 		}
 		h := e.host() + pos&(img.cs-1)
 		if k := len(ws); k > 0 && ws[k-1].host+ws[k-1].n == h {
@@ -241,7 +248,7 @@ func (img *Image) writeLocked(p []byte, off int64) error {
 		}
 		e := img.getEntry(t, idx)
 		if e.host() != 0 && !e.compressed() && e.copied() && img.overlapsMetadata(e.host(), img.cs) {
-			return errOverlap("data cluster", e.host())
+			return img.errOverlap("data cluster", e.host())
 		}
 		if img.inPlace(e) {
 			if _, err := img.f.WriteAt(p[pos-off:cend-off], e.host()+pos-cstart); err != nil {
@@ -331,8 +338,14 @@ func (img *Image) afterMetaChange() error {
 // consistent at every point (only leaks possible): data and new refcounts
 // first, then L2 tables, then L1 and header, and refcount decrements last.
 func (img *Image) flushLocked(closing bool) error {
+	if img.corrupt {
+		return img.errCorrupted()
+	}
 	rbd := img.rbc.dirtyTables()
 	l2d := img.l2c.dirtyTables()
+	if err := img.checkDirtyTables(rbd, l2d); err != nil {
+		return err
+	}
 	dirty := len(rbd) > 0 || len(l2d) > 0 || img.l1Dirty || img.rtDirty || img.headerDirty || len(img.pending) > 0
 	if dirty && img.h.compatible&compatLazyRefcounts != 0 && !img.lazy && img.h.version >= 3 {
 		// Lazy refcounts: the dirty bit must be on disk before refcounts
@@ -393,7 +406,11 @@ func (img *Image) flushLocked(closing bool) error {
 		}
 		writeRefs = !img.lazy || closing || img.rtDirty || img.rbc.overfull()
 		if writeRefs {
-			if err := img.writeRefs(img.rbc.dirtyTables()); err != nil {
+			rbd := img.rbc.dirtyTables()
+			if err := img.checkDirtyTables(rbd, nil); err != nil {
+				return err
+			}
+			if err := img.writeRefs(rbd); err != nil {
 				return err
 			}
 			if err := img.sync(); err != nil {

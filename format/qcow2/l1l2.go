@@ -141,7 +141,7 @@ func (img *Image) l2ForWrite(vc int64) (*table, int, error) {
 	ent := img.l1[l1i]
 	off := int64(ent & offsetMask)
 	if off != 0 && img.overlapsMetadata(off, img.cs) {
-		return nil, 0, errOverlap("L2 table", off)
+		return nil, 0, img.errOverlap("L2 table", off)
 	}
 	if off != 0 && ent&flagCopied != 0 {
 		t, err := img.loadTable(img.l2c, off, "L2 table")

@@ -31,11 +31,17 @@ var (
 	DefaultRefcountCacheBytes int64 = 1 << 20
 )
 
+// probe claims anything with the qcow2 magic, as QEMU does for versions
+// 2 and up, so that an image of an unsupported version fails to open with
+// a clear error instead of being taken for raw (and its guest writing
+// over the header). Version 0 and 1 (the older qcow format, which has no
+// driver here) still win over raw for the same reason.
 func probe(head, tail []byte, name string) int {
 	if len(head) >= 8 && be32(head) == magic {
-		if v := be32(head[4:]); v == 2 || v == 3 {
+		if be32(head[4:]) >= 2 {
 			return 100
 		}
+		return 50
 	}
 	return 0
 }
@@ -92,6 +98,7 @@ type Image struct {
 	oldSnapshotTableLen int64
 	lazy                bool // lazy refcounts: the dirty bit is set on disk
 	corrupt             bool
+	snapErr             error // snapshot table unreadable (read-only check opens only)
 	preallocOnce        sync.Once
 	prealloc            bool // see metadataPreallocated
 	closed              bool
@@ -179,7 +186,13 @@ func open(f block.File, opts *block.OpenOptions, l2Bytes, rbBytes int64) (*Image
 		img.reftable[i] = be64(buf[i*8:])
 	}
 	if err := img.loadSnapshots(); err != nil {
-		return nil, err
+		if !opts.Check || !img.ro {
+			return nil, err
+		}
+		// A read-only check goes on without the snapshots, as qemu-img
+		// check does, and reports the damage.
+		img.snapshots = nil
+		img.snapErr = err
 	}
 	if h.backingFile != "" && !opts.NoBacking {
 		b, err := block.OpenBacking(img.name, h.backingFile, h.backingFmt, opts)
@@ -336,7 +349,9 @@ func (img *Image) Close() error {
 	}
 	img.closed = true
 	var errs []error
-	if !img.ro {
+	if !img.ro && !img.corrupt {
+		// A corrupt image's metadata is not written back: it may be
+		// what the overlap check refused.
 		errs = append(errs, img.flushLocked(true))
 	}
 	if img.backing != nil {

@@ -133,6 +133,9 @@ func (img *Image) ensureBlock(bi int64) error {
 		for img.reservedAt(c) >= 0 {
 			c = img.reservedAt(c)
 		}
+		if err := img.checkAlloc(c, 1); err != nil {
+			return err
+		}
 		img.reserved = append(img.reserved, [2]int64{c, c + 1})
 		err := img.setRefcount(c, 1)
 		img.reserved = img.reserved[:len(img.reserved)-1]
@@ -144,6 +147,9 @@ func (img *Image) ensureBlock(bi int64) error {
 		img.reftable[bi] = uint64(c << img.cbits)
 		img.rtDirty = true
 		return nil
+	}
+	if err := img.checkAlloc(c, 1); err != nil {
+		return err
 	}
 	t := &table{off: c << img.cbits, buf: make([]byte, img.cs), dirty: true}
 	img.rcPut(t.buf, c-first, 1)

@@ -56,6 +56,15 @@ func (s *snapshot) diskSize() (int64, bool) {
 func (img *Image) loadSnapshots() error {
 	h := img.h
 	off := int64(h.snapshotsOffset)
+	if h.nbSnapshots > 0 {
+		fsize, err := img.f.Size()
+		if err != nil {
+			return err
+		}
+		if err := checkTable("snapshot table", h.snapshotsOffset, 1, uint64(img.cs), fsize); err != nil {
+			return err
+		}
+	}
 	var total, l1Total int64
 	for i := uint32(0); i < h.nbSnapshots; i++ {
 		var fixed [40]byte
