@@ -30,7 +30,7 @@ lint:
 	$(GO) vet ./...
 
 fuzz:
-	FUZZTIME=$${FUZZTIME:-60s} ./scripts/fuzz.sh
+	FUZZTIME=$${FUZZTIME:-60s} FUZZMINIMIZE=$${FUZZMINIMIZE:-10s} ./scripts/fuzz.sh
 
 # Benchmarks against the QEMU tools (see the README's table), then the
 # drivers' own Go benchmarks. bench/attach.sh needs root.
