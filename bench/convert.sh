@@ -2,7 +2,9 @@
 # Times `vdisk convert` against `qemu-img convert` on the same 2 GiB raw
 # images, one sparse (about 10% data in scattered runs) and one dense
 # (random data throughout), for raw->raw and, when vdisk has the driver,
-# raw->qcow2. Each case runs RUNS times (default 3), alternating the
+# raw->qcow2; then the read paths: a fully written 2 GiB qcow2 and a fully
+# written dynamic VHD (both made by qemu-img from the dense image), each
+# converted to raw. Each case runs RUNS times (default 3), alternating the
 # tools; the table shows medians and vdisk's time relative to qemu-img's
 # (below 1.00 means vdisk is faster).
 #
@@ -30,21 +32,28 @@ for ((m = 0; m < SIZE_MIB; m += 10)); do
 	dd if=/dev/urandom of="$dir/sparse.img" bs=4k count=1 seek=$((m * 256 + 700)) conv=notrunc status=none
 done
 dd if=/dev/urandom of="$dir/dense.img" bs=1M count="$SIZE_MIB" status=none
+# Fully written images of the other formats, made by qemu-img so that
+# neither tool reads a layout of its own making.
+qemu-img convert -f raw -O qcow2 "$dir/dense.img" "$dir/full.qcow2"
+qemu-img convert -f raw -O vpc -o subformat=dynamic "$dir/dense.img" "$dir/full.vhd"
 sync
 
 now() { date +%s.%N; }
 
-# time_one TOOL MODE SRC FMT: seconds for one conversion, to stdout.
+# time_one TOOL MODE SRC SRCFMT FMT: seconds for one conversion, to
+# stdout. Formats are vdisk's names; qemu-img calls VHD "vpc".
 time_one() {
-	local tool=$1 mode=$2 src=$3 fmt=$4 out="$dir/out.img" t0 t1 cache
+	local tool=$1 mode=$2 src=$3 sfmt=$4 fmt=$5 out="$dir/out.img" t0 t1 cache qsfmt
+	qsfmt=$sfmt
+	[ "$sfmt" == vhd ] && qsfmt=vpc
 	rm -f "$out"
 	sync
 	cache=writeback
 	[ "$mode" == unsafe ] && cache=unsafe
 	t0=$(now)
 	case $tool in
-	qemu) qemu-img convert -t "$cache" -f raw -O "$fmt" "$src" "$out" ;;
-	vdisk) "$VDISK" convert -t "$cache" -f raw -O "$fmt" "$src" "$out" ;;
+	qemu) qemu-img convert -t "$cache" -f "$qsfmt" -O "$fmt" "$src" "$out" ;;
+	vdisk) "$VDISK" convert -t "$cache" -f "$sfmt" -O "$fmt" "$src" "$out" ;;
 	esac
 	t1=$(now)
 	rm -f "$out"
@@ -56,24 +65,32 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2
 has_format() { "$VDISK" create -f "$1" -o help >/dev/null 2>&1; }
 
 row() { printf '%-8s %-12s %-8s %12s %12s %8s\n' "$@"; }
+# bench_case IMAGE-LABEL SRC SRCFMT FMT: one row per cache mode.
+bench_case() {
+	local img=$1 src=$2 sfmt=$3 fmt=$4 mode label q v r qs vs
+	label="$sfmt->$fmt"
+	for mode in unsafe durable; do
+		if ! has_format "$fmt" || ! has_format "$sfmt"; then
+			row "$img" "$label" "$mode" n/a n/a n/a
+			continue
+		fi
+		qs=() vs=()
+		for ((r = 0; r < RUNS; r++)); do
+			qs+=("$(time_one qemu "$mode" "$src" "$sfmt" "$fmt")")
+			vs+=("$(time_one vdisk "$mode" "$src" "$sfmt" "$fmt")")
+		done
+		q=$(printf '%s\n' "${qs[@]}" | median)
+		v=$(printf '%s\n' "${vs[@]}" | median)
+		row "$img" "$label" "$mode" "$(printf %.3f "$q")" "$(printf %.3f "$v")" "$(printf %.2f "$(echo "$v / $q" | bc -l)")"
+	done
+}
+
 row image conversion cache "qemu-img s" "vdisk s" ratio
 for img in sparse dense; do
 	for fmt in raw qcow2; do
-		for mode in unsafe durable; do
-			label="raw->$fmt"
-			if ! has_format "$fmt"; then
-				row "$img" "$label" "$mode" n/a n/a n/a
-				continue
-			fi
-			qs=() vs=()
-			for ((r = 0; r < RUNS; r++)); do
-				qs+=("$(time_one qemu "$mode" "$dir/$img.img" "$fmt")")
-				vs+=("$(time_one vdisk "$mode" "$dir/$img.img" "$fmt")")
-			done
-			q=$(printf '%s\n' "${qs[@]}" | median)
-			v=$(printf '%s\n' "${vs[@]}" | median)
-			row "$img" "$label" "$mode" "$(printf %.3f "$q")" "$(printf %.3f "$v")" "$(printf %.2f "$(echo "$v / $q" | bc -l)")"
-		done
+		bench_case "$img" "$dir/$img.img" raw "$fmt"
 	done
 done
+bench_case full "$dir/full.qcow2" qcow2 raw
+bench_case full "$dir/full.vhd" vhd raw
 echo "($(nproc) CPUs; medians of $RUNS runs; source in the page cache)"

@@ -18,6 +18,9 @@ const (
 	DefaultWorkers   = 8       // requests in flight (-m)
 	DefaultSparse    = 4096    // -S: shortest run of zeros left unallocated
 	MaxWorkers       = 16
+	// writebackEvery is how much a durable convert copies between
+	// requests to start writing the target back (see writeback).
+	writebackEvery = 32 << 20
 )
 
 // CopyOptions steer the copy engine.
@@ -381,6 +384,21 @@ func Convert(src, dst string, o ConvertOptions) (err error) {
 	// another protocol (an NBD export) may hold old data, so zeros are
 	// written there explicitly.
 	cp.TargetZeroed = !o.NoCreate && (block.IsLocalName(dst) || strings.HasPrefix(dst, "mem:"))
+	if !o.Unsafe && block.IsLocalName(dst) {
+		if wb := newWriteback(dst); wb != nil {
+			defer wb.close()
+			var last atomic.Int64
+			prev := cp.Progress
+			cp.Progress = func(done, total int64) {
+				if prev != nil {
+					prev(done, total)
+				}
+				if l := last.Load(); done-l >= writebackEvery && last.CompareAndSwap(l, done) {
+					wb.start()
+				}
+			}
+		}
+	}
 	cerr := Copy(in, out, cp)
 	if cerr != nil {
 		cerr = fmt.Errorf("%s: %w", dst, cerr)

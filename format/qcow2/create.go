@@ -148,7 +148,9 @@ func create(f block.File, opts block.Options) error {
 	if _, err := f.WriteAt(meta, 0); err != nil {
 		return fmt.Errorf("qcow2: writing metadata: %w", err)
 	}
-	img, err := open(nopClose{f}, &block.OpenOptions{NoBacking: true}, DefaultL2CacheBytes, DefaultRefcountCacheBytes)
+	// Unsafe: the image is not in use until create returns, and the
+	// caller (block.Create) syncs the finished file once.
+	img, err := open(nopClose{f}, &block.OpenOptions{NoBacking: true, Unsafe: true}, DefaultL2CacheBytes, DefaultRefcountCacheBytes)
 	if err != nil {
 		return err
 	}

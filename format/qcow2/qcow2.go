@@ -103,6 +103,7 @@ type Image struct {
 	prealloc            bool // see metadataPreallocated
 	closed              bool
 	closeErr            error
+	bufPool             sync.Pool // *[]byte of one cluster, see clusterBuf
 }
 
 // Open opens a qcow2 image from its container.
