@@ -285,8 +285,11 @@ func (c *conn) handle(req nbd.Request, payload *[]byte) error {
 	case nbd.CmdFlush:
 		err = img.Flush()
 	case nbd.CmdTrim:
+		c.exp.data.invalidate()
 		err = img.Discard(off, n)
+		c.exp.data.invalidate()
 	case nbd.CmdWriteZeroes:
+		c.exp.data.invalidate()
 		var zf block.ZeroFlags
 		if req.Flags&nbd.CmdFlagNoHole == 0 {
 			zf |= block.ZeroMayUnmap
@@ -295,6 +298,7 @@ func (c *conn) handle(req nbd.Request, payload *[]byte) error {
 			zf |= block.ZeroFast
 		}
 		err = img.WriteZeroes(off, n, zf)
+		c.exp.data.invalidate()
 	case nbd.CmdCache:
 		// Advisory; vdisk's images have no cache worth warming here.
 	case nbd.CmdBlockStatus:
@@ -334,7 +338,7 @@ func (c *conn) read(req nbd.Request) error {
 	var exts []block.Extent
 	if req.Flags&nbd.CmdFlagDF == 0 {
 		var err error
-		if exts, err = block.MapChain(img, off, n); err != nil {
+		if exts, err = c.readMap(off, n); err != nil {
 			return c.fail(req, err)
 		}
 	}
@@ -372,6 +376,48 @@ func (c *conn) read(req nbd.Request) error {
 		bufs = append(bufs, hdrs[start:], data)
 	}
 	return c.send(bufs)
+}
+
+// readAhead is how far past a read its block-status lookup looks, so
+// that one lookup serves the reads that follow.
+const readAhead = 8 << 20
+
+// readMap returns the extents of [off, off+n) for a structured read, or
+// nil when the whole range is data. Reads inside a range already known
+// to hold data skip the lookup: a sequential reader then pays for one
+// lookup per readAhead bytes, not one per request.
+func (c *conn) readMap(off, n int64) ([]block.Extent, error) {
+	gen, hit := c.exp.data.lookup(off, n)
+	if hit {
+		return nil, nil
+	}
+	win := max(n, min(readAhead, c.exp.Image.Size()-off))
+	exts, err := block.MapChain(c.exp.Image, off, win)
+	if err != nil {
+		return nil, err
+	}
+	end := off
+	for _, e := range exts {
+		if e.Status&block.StatusZero != 0 {
+			break
+		}
+		end = e.Offset + e.Length
+	}
+	if end > off {
+		c.exp.data.store(gen, off, end)
+	}
+	if end >= off+n {
+		return nil, nil
+	}
+	// Keep what lies within the request.
+	for i, e := range exts {
+		if e.Offset+e.Length >= off+n {
+			exts = exts[:i+1]
+			exts[i].Length = off + n - e.Offset
+			break
+		}
+	}
+	return exts, nil
 }
 
 // maxDescriptors bounds a block status reply (qemu-nbd uses 1 MiB of
