@@ -29,19 +29,30 @@ type conn struct {
 	used       int64
 	inflight   int
 
-	wg sync.WaitGroup
+	wg      sync.WaitGroup
+	jobs    chan job
+	workers int // started so far; only serve touches it
+}
+
+// job is one request handed to a worker.
+type job struct {
+	req     nbd.Request
+	payload *[]byte
+	cost    int64
 }
 
 // acquire waits until the connection may take on a request holding n
 // bytes. A request bigger than the whole budget still runs, alone.
-func (c *conn) acquire(n int64) {
+func (c *conn) acquire(n int64) int {
 	c.budgetMu.Lock()
 	for c.inflight > 0 && (c.inflight >= maxInFlight || c.used+n > maxInFlightBytes) {
 		c.budgetCond.Wait()
 	}
 	c.inflight++
 	c.used += n
+	inflight := c.inflight
 	c.budgetMu.Unlock()
+	return inflight
 }
 
 // idle reports whether no request is in progress.
@@ -59,10 +70,12 @@ func (c *conn) release(n int64) {
 	c.budgetCond.Broadcast()
 }
 
-// serve reads requests until the client disconnects, running each in its
-// own goroutine so that slow requests do not hold up fast ones.
+// serve reads requests until the client disconnects, handing each to a
+// worker so that slow requests do not hold up fast ones.
 func (c *conn) serve() error {
+	c.jobs = make(chan job, maxInFlight)
 	defer c.wg.Wait()
+	defer close(c.jobs)
 	r := newReader(c.conn)
 	var hdr [nbd.RequestSize]byte
 	for {
@@ -79,10 +92,11 @@ func (c *conn) serve() error {
 		errno, msg := c.validate(req)
 		var payload *[]byte
 		var cost int64
+		inflight := 0
 		if req.Type == nbd.CmdWrite {
 			if errno == 0 {
 				cost = int64(req.Length)
-				c.acquire(cost)
+				inflight = c.acquire(cost)
 				payload = getBuf(int(req.Length))
 				if _, err := io.ReadFull(r, *payload); err != nil {
 					putBuf(payload)
@@ -114,25 +128,40 @@ func (c *conn) serve() error {
 			}
 			continue
 		}
-		if req.Type == nbd.CmdRead {
+		switch req.Type {
+		case nbd.CmdRead:
 			cost = int64(req.Length)
-			c.acquire(cost)
-		} else if req.Type != nbd.CmdWrite {
-			c.acquire(0)
+			inflight = c.acquire(cost)
+		case nbd.CmdWrite:
+		default:
+			inflight = c.acquire(0)
 		}
-		c.wg.Add(1)
-		go func() {
-			defer c.wg.Done()
-			defer c.release(cost)
-			if payload != nil {
-				defer putBuf(payload)
-			}
-			if err := c.handle(req, payload); err != nil {
-				// A reply that cannot be written means the connection is
-				// gone; closing it ends the read loop too.
-				c.conn.Close()
-			}
-		}()
+		// A worker per request in progress, so that slow requests never
+		// hold up fast ones; workers stay for the connection's life, with
+		// their grown stacks, instead of a goroutine per request.
+		if c.workers < inflight {
+			c.workers++
+			c.wg.Add(1)
+			go c.work()
+		}
+		c.jobs <- job{req, payload, cost}
+	}
+}
+
+// work runs requests until the connection ends.
+func (c *conn) work() {
+	defer c.wg.Done()
+	for j := range c.jobs {
+		err := c.handle(j.req, j.payload)
+		if j.payload != nil {
+			putBuf(j.payload)
+		}
+		c.release(j.cost)
+		if err != nil {
+			// A reply that cannot be written means the connection is
+			// gone; closing it ends the read loop too.
+			c.conn.Close()
+		}
 	}
 }
 
