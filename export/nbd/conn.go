@@ -29,19 +29,30 @@ type conn struct {
 	used       int64
 	inflight   int
 
-	wg sync.WaitGroup
+	wg      sync.WaitGroup
+	jobs    chan job
+	workers int // started so far; only serve touches it
+}
+
+// job is one request handed to a worker.
+type job struct {
+	req     nbd.Request
+	payload *[]byte
+	cost    int64
 }
 
 // acquire waits until the connection may take on a request holding n
 // bytes. A request bigger than the whole budget still runs, alone.
-func (c *conn) acquire(n int64) {
+func (c *conn) acquire(n int64) int {
 	c.budgetMu.Lock()
 	for c.inflight > 0 && (c.inflight >= maxInFlight || c.used+n > maxInFlightBytes) {
 		c.budgetCond.Wait()
 	}
 	c.inflight++
 	c.used += n
+	inflight := c.inflight
 	c.budgetMu.Unlock()
+	return inflight
 }
 
 // idle reports whether no request is in progress.
@@ -59,10 +70,12 @@ func (c *conn) release(n int64) {
 	c.budgetCond.Broadcast()
 }
 
-// serve reads requests until the client disconnects, running each in its
-// own goroutine so that slow requests do not hold up fast ones.
+// serve reads requests until the client disconnects, handing each to a
+// worker so that slow requests do not hold up fast ones.
 func (c *conn) serve() error {
+	c.jobs = make(chan job, maxInFlight)
 	defer c.wg.Wait()
+	defer close(c.jobs)
 	r := newReader(c.conn)
 	var hdr [nbd.RequestSize]byte
 	for {
@@ -79,10 +92,11 @@ func (c *conn) serve() error {
 		errno, msg := c.validate(req)
 		var payload *[]byte
 		var cost int64
+		inflight := 0
 		if req.Type == nbd.CmdWrite {
 			if errno == 0 {
 				cost = int64(req.Length)
-				c.acquire(cost)
+				inflight = c.acquire(cost)
 				payload = getBuf(int(req.Length))
 				if _, err := io.ReadFull(r, *payload); err != nil {
 					putBuf(payload)
@@ -114,25 +128,40 @@ func (c *conn) serve() error {
 			}
 			continue
 		}
-		if req.Type == nbd.CmdRead {
+		switch req.Type {
+		case nbd.CmdRead:
 			cost = int64(req.Length)
-			c.acquire(cost)
-		} else if req.Type != nbd.CmdWrite {
-			c.acquire(0)
+			inflight = c.acquire(cost)
+		case nbd.CmdWrite:
+		default:
+			inflight = c.acquire(0)
 		}
-		c.wg.Add(1)
-		go func() {
-			defer c.wg.Done()
-			defer c.release(cost)
-			if payload != nil {
-				defer putBuf(payload)
-			}
-			if err := c.handle(req, payload); err != nil {
-				// A reply that cannot be written means the connection is
-				// gone; closing it ends the read loop too.
-				c.conn.Close()
-			}
-		}()
+		// A worker per request in progress, so that slow requests never
+		// hold up fast ones; workers stay for the connection's life, with
+		// their grown stacks, instead of a goroutine per request.
+		if c.workers < inflight {
+			c.workers++
+			c.wg.Add(1)
+			go c.work()
+		}
+		c.jobs <- job{req, payload, cost}
+	}
+}
+
+// work runs requests until the connection ends.
+func (c *conn) work() {
+	defer c.wg.Done()
+	for j := range c.jobs {
+		err := c.handle(j.req, j.payload)
+		if j.payload != nil {
+			putBuf(j.payload)
+		}
+		c.release(j.cost)
+		if err != nil {
+			// A reply that cannot be written means the connection is
+			// gone; closing it ends the read loop too.
+			c.conn.Close()
+		}
 	}
 }
 
@@ -285,8 +314,11 @@ func (c *conn) handle(req nbd.Request, payload *[]byte) error {
 	case nbd.CmdFlush:
 		err = img.Flush()
 	case nbd.CmdTrim:
+		c.exp.data.invalidate()
 		err = img.Discard(off, n)
+		c.exp.data.invalidate()
 	case nbd.CmdWriteZeroes:
+		c.exp.data.invalidate()
 		var zf block.ZeroFlags
 		if req.Flags&nbd.CmdFlagNoHole == 0 {
 			zf |= block.ZeroMayUnmap
@@ -295,6 +327,7 @@ func (c *conn) handle(req nbd.Request, payload *[]byte) error {
 			zf |= block.ZeroFast
 		}
 		err = img.WriteZeroes(off, n, zf)
+		c.exp.data.invalidate()
 	case nbd.CmdCache:
 		// Advisory; vdisk's images have no cache worth warming here.
 	case nbd.CmdBlockStatus:
@@ -334,7 +367,7 @@ func (c *conn) read(req nbd.Request) error {
 	var exts []block.Extent
 	if req.Flags&nbd.CmdFlagDF == 0 {
 		var err error
-		if exts, err = block.MapChain(img, off, n); err != nil {
+		if exts, err = c.readMap(off, n); err != nil {
 			return c.fail(req, err)
 		}
 	}
@@ -372,6 +405,48 @@ func (c *conn) read(req nbd.Request) error {
 		bufs = append(bufs, hdrs[start:], data)
 	}
 	return c.send(bufs)
+}
+
+// readAhead is how far past a read its block-status lookup looks, so
+// that one lookup serves the reads that follow.
+const readAhead = 8 << 20
+
+// readMap returns the extents of [off, off+n) for a structured read, or
+// nil when the whole range is data. Reads inside a range already known
+// to hold data skip the lookup: a sequential reader then pays for one
+// lookup per readAhead bytes, not one per request.
+func (c *conn) readMap(off, n int64) ([]block.Extent, error) {
+	gen, hit := c.exp.data.lookup(off, n)
+	if hit {
+		return nil, nil
+	}
+	win := max(n, min(readAhead, c.exp.Image.Size()-off))
+	exts, err := block.MapChain(c.exp.Image, off, win)
+	if err != nil {
+		return nil, err
+	}
+	end := off
+	for _, e := range exts {
+		if e.Status&block.StatusZero != 0 {
+			break
+		}
+		end = e.Offset + e.Length
+	}
+	if end > off {
+		c.exp.data.store(gen, off, end)
+	}
+	if end >= off+n {
+		return nil, nil
+	}
+	// Keep what lies within the request.
+	for i, e := range exts {
+		if e.Offset+e.Length >= off+n {
+			exts = exts[:i+1]
+			exts[i].Length = off + n - e.Offset
+			break
+		}
+	}
+	return exts, nil
 }
 
 // maxDescriptors bounds a block status reply (qemu-nbd uses 1 MiB of

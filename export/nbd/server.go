@@ -27,6 +27,49 @@ type Export struct {
 	Name        string
 	Description string
 	Image       block.Image
+
+	data dataRange
+}
+
+// dataRange remembers one range of an export known to hold data, shared
+// by all its connections. It can only go stale towards "data" (a trim or
+// zeroing that raced with the lookup), and a read of such a range still
+// returns the right bytes, just as a data chunk rather than a hole; the
+// generation count keeps even that from outliving the request that
+// caused it, as trims and zeroings bump it before and after they run.
+type dataRange struct {
+	mu     sync.Mutex
+	gen    uint64
+	lo, hi int64
+}
+
+// lookup reports whether [off, off+n) is known to be data, with the
+// generation to pass to store.
+func (d *dataRange) lookup(off, n int64) (uint64, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.gen, off >= d.lo && off+n <= d.hi
+}
+
+// store records [lo, hi) as data unless the export changed since gen.
+func (d *dataRange) store(gen uint64, lo, hi int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.gen != gen {
+		return
+	}
+	if lo >= d.lo && lo <= d.hi {
+		d.hi = max(d.hi, hi)
+		return
+	}
+	d.lo, d.hi = lo, hi
+}
+
+func (d *dataRange) invalidate() {
+	d.mu.Lock()
+	d.gen++
+	d.lo, d.hi = 0, 0
+	d.mu.Unlock()
 }
 
 // Server serves a set of exports. Configure the fields, then call Serve
@@ -58,6 +101,9 @@ type Server struct {
 
 // maxInFlightBytes bounds the request buffers one connection holds at once.
 const maxInFlightBytes = 64 << 20
+
+// sendBuffer is the socket send buffer asked for in transmission.
+const sendBuffer = 4 << 20
 
 // maxInFlight bounds the requests one connection has in progress at once.
 const maxInFlight = 32
@@ -197,6 +243,12 @@ func (s *Server) serveConn(raw net.Conn) {
 		return
 	}
 	raw.SetDeadline(time.Time{})
+	if wb, ok := raw.(interface{ SetWriteBuffer(int) error }); ok {
+		// A read reply (up to 32 MiB) rarely fits the default socket
+		// buffer (208 KiB); each time it fills, the sender parks and waits
+		// for the poller. The kernel caps this at net.core.wmem_max.
+		wb.SetWriteBuffer(sendBuffer)
+	}
 	if err := c.serve(); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 		s.logf("nbd: %s: %v", raw.RemoteAddr(), err)
 	}

@@ -599,3 +599,58 @@ func TestNoGoroutineLeak(t *testing.T) {
 		t.Fatalf("%d goroutines before, %d after:\n%s", before, n, buf[:runtime.Stack(buf, true)])
 	}
 }
+
+// chunkTypes reads a structured read reply, checks its bytes against
+// want, and returns the chunk types in order.
+func (cl *client) chunkTypes(off uint64, want []byte) []uint16 {
+	cl.t.Helper()
+	got := make([]byte, len(want))
+	covered := 0
+	var types []uint16
+	for _, c := range cl.reply(0) {
+		types = append(types, c.Type)
+		o := be.Uint64(c.data) - off
+		switch c.Type {
+		case nbd.ReplyTypeOffsetData:
+			covered += copy(got[o:], c.data[8:])
+		case nbd.ReplyTypeOffsetHole:
+			covered += int(be.Uint32(c.data[8:]))
+		default:
+			cl.t.Fatalf("chunk type %d", c.Type)
+		}
+	}
+	if covered != len(want) || !bytes.Equal(got, want) {
+		cl.t.Fatalf("read at %d covered %d of %d bytes, content equal %v", off, covered, len(want), bytes.Equal(got, want))
+	}
+	return types
+}
+
+// Reads remember where data is; zeroing or trimming must make holes show
+// up as hole chunks again, on this connection and on others.
+func TestReadDataCacheInvalidation(t *testing.T) {
+	_, addr, img := testServer(t, 4<<20, nil)
+	data := bytes.Repeat([]byte{9}, 4<<20)
+	if _, err := img.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	cl, other := dial(t, addr), dial(t, addr)
+	cl.goTo("", true)
+	other.goTo("", true)
+	cl.req(nbd.CmdRead, 0, 1, 0, 64<<10, nil)
+	if ts := cl.chunkTypes(0, data[:64<<10]); len(ts) != 1 || ts[0] != nbd.ReplyTypeOffsetData {
+		t.Fatalf("data read: chunks %v", ts)
+	}
+	for i, typ := range []uint16{nbd.CmdWriteZeroes, nbd.CmdTrim} {
+		off := uint64(1<<20 + i<<20)
+		cl.req(typ, 0, 2, off, 128<<10, nil)
+		if e, _ := cl.simple(); e != 0 {
+			t.Fatalf("%s: error %d", nbd.CmdName(typ), e)
+		}
+		want := append(append(bytes.Clone(data[:64<<10]), make([]byte, 128<<10)...), data[:64<<10]...)
+		other.req(nbd.CmdRead, 0, 3, off-64<<10, 256<<10, nil)
+		ts := other.chunkTypes(off-64<<10, want)
+		if len(ts) != 3 || ts[1] != nbd.ReplyTypeOffsetHole {
+			t.Fatalf("after %s: chunks %v", nbd.CmdName(typ), ts)
+		}
+	}
+}
