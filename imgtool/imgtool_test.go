@@ -295,8 +295,7 @@ func TestCopyFullyAllocated(t *testing.T) {
 
 type fakeCompressed struct {
 	*mem.Image
-	calls []int64
-	ch    chan int64
+	ch chan int64
 }
 
 func (f *fakeCompressed) WriteCompressed(p []byte, off int64) error {

@@ -18,7 +18,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -110,7 +109,7 @@ func runScript(t *testing.T, script, name string) {
 		"VDISK="+vdiskBin,
 		"TEST_DIR="+dir,
 		"SRC_DIR="+srcDir,
-		"GOROOT_SRC="+filepath.Join(runtime.GOROOT(), "src"),
+		"GOROOT_SRC="+goSrc(),
 		"LC_ALL=C",
 	)
 	var out bytes.Buffer
@@ -172,3 +171,13 @@ func diff(want, got string) string {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// goSrc is the Go source tree the attach tests copy as "a real directory
+// tree"; it is asked of the go command that builds the tests.
+func goSrc() string {
+	out, err := exec.Command("go", "env", "GOROOT").Output()
+	if err != nil {
+		return "/usr/local/go/src"
+	}
+	return filepath.Join(strings.TrimSpace(string(out)), "src")
+}

@@ -79,15 +79,6 @@ func exactArgs(n int) cobra.PositionalArgs {
 	}
 }
 
-func rangeArgs(lo, hi int) cobra.PositionalArgs {
-	return func(cmd *cobra.Command, args []string) error {
-		if len(args) < lo || len(args) > hi {
-			return usageError(cmd, "%s expects %d to %d arguments, got %d: usage: %s", cmd.Name(), lo, hi, len(args), "vdisk "+cmd.Use)
-		}
-		return nil
-	}
-}
-
 func plural(n int) string {
 	if n == 1 {
 		return ""

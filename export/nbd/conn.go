@@ -165,8 +165,6 @@ func (c *conn) work() {
 	}
 }
 
-const validFlags = nbd.CmdFlagFUA | nbd.CmdFlagNoHole | nbd.CmdFlagDF | nbd.CmdFlagReqOne | nbd.CmdFlagFastZero
-
 // validate checks a request against the export before anything is done
 // or allocated for it, returning the error the spec asks for.
 func (c *conn) validate(req nbd.Request) (uint32, string) {

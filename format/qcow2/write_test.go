@@ -38,14 +38,13 @@ func vdiskCreate(t testing.TB, name, opts string, size int64) {
 
 // mirror applies the same operations to a qcow2 image and a raw file.
 type mirror struct {
-	t       *testing.T
-	img     block.Image
-	raw     *os.File
-	size    int64
-	cs      int64
-	zeroCl  bool // whole discarded clusters read as zeros
-	rng     *rand.Rand
-	backing bool
+	t      *testing.T
+	img    block.Image
+	raw    *os.File
+	size   int64
+	cs     int64
+	zeroCl bool // whole discarded clusters read as zeros
+	rng    *rand.Rand
 }
 
 func (m *mirror) write(off int64, p []byte) {
