@@ -28,6 +28,9 @@ deps:
 lint:
 	gofmt -l . | (! grep .)
 	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK) ./...
+
+STATICCHECK = v0.8.2
 
 fuzz:
 	FUZZTIME=$${FUZZTIME:-60s} FUZZMINIMIZE=$${FUZZMINIMIZE:-10s} ./scripts/fuzz.sh
