@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -172,7 +173,8 @@ func (d *Daemon) handle(conn *net.UnixConn) {
 	}
 	var req ctl.Request
 	if err == nil {
-		line, rerr := bufio.NewReader(conn).ReadBytes('\n')
+		// Requests are small; a peer may not make the daemon buffer more.
+		line, rerr := bufio.NewReader(io.LimitReader(conn, maxRequest)).ReadBytes('\n')
 		if rerr != nil && len(line) == 0 {
 			return
 		}
@@ -199,6 +201,9 @@ func (d *Daemon) handle(conn *net.UnixConn) {
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
 	conn.Write(append(b, '\n'))
 }
+
+// maxRequest bounds one control request (a JSON line).
+const maxRequest = 1 << 20
 
 func peerCred(conn *net.UnixConn) (*unix.Ucred, error) {
 	raw, err := conn.SyscallConn()

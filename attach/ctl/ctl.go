@@ -257,12 +257,15 @@ func (c *Client) Do(req *Request) (*Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := conn.Write(append(b, '\n')); err != nil {
-		return nil, fmt.Errorf("sending request: %w", err)
-	}
+	_, werr := conn.Write(append(b, '\n'))
+	// A daemon that refuses a peer answers at once and closes; its answer
+	// is still readable after our write failed, and says more than EPIPE.
 	var resp Response
 	dec := json.NewDecoder(bufio.NewReader(conn))
 	if err := dec.Decode(&resp); err != nil {
+		if werr != nil {
+			return nil, fmt.Errorf("sending request: %w", werr)
+		}
 		return nil, fmt.Errorf("reading the daemon's response: %w", err)
 	}
 	if !resp.OK {
