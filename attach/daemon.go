@@ -564,7 +564,7 @@ func mountsUnder(dir string) []string {
 		if len(fs) < 5 {
 			continue
 		}
-		mp := unescape(fs[4])
+		mp := loop.UnescapeMount(fs[4])
 		if strings.HasPrefix(mp, dir+"/") {
 			out = append(out, mp)
 		}
@@ -580,7 +580,7 @@ func mountDev(mp string) (uint64, bool) {
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		fs := strings.Fields(line)
-		if len(fs) < 5 || unescape(fs[4]) != mp {
+		if len(fs) < 5 || loop.UnescapeMount(fs[4]) != mp {
 			continue
 		}
 		var maj, mnr uint32
@@ -589,22 +589,4 @@ func mountDev(mp string) (uint64, bool) {
 		}
 	}
 	return 0, false
-}
-
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

@@ -246,7 +246,7 @@ func Users(name string, rdev uint64) []string {
 				continue
 			}
 			if n, ok := devs[unix.Mkdev(maj, mnr)]; ok {
-				why = append(why, fmt.Sprintf("%s is mounted on %s", n, unescapeMount(fs[4])))
+				why = append(why, fmt.Sprintf("%s is mounted on %s", n, UnescapeMount(fs[4])))
 			}
 		}
 	}
@@ -290,8 +290,8 @@ func readDevNum(path string) (uint64, error) {
 	return unix.Mkdev(maj, mnr), nil
 }
 
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
+// UnescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func UnescapeMount(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}
