@@ -371,6 +371,25 @@ func (img *Image) fixCopied() (int, error) {
 	return fixed, nil
 }
 
+// loadSnapshotLocked finds a snapshot by name or id, writes back dirty
+// metadata so the refcounts it is about to change are current, and reads
+// the snapshot's L1 table. img.mu is held.
+func (img *Image) loadSnapshotLocked(name string) (int, []uint64, error) {
+	i := img.findSnapshot(name)
+	if i < 0 {
+		return 0, nil, fmt.Errorf("qcow2: snapshot '%s' not found", name)
+	}
+	if err := img.flushLocked(false); err != nil {
+		return 0, nil, err
+	}
+	s := img.snapshots[i]
+	sl1, err := img.readL1(s.l1Offset, s.l1Size)
+	if err != nil {
+		return 0, nil, err
+	}
+	return i, sl1, nil
+}
+
 // SnapshotApply reverts the disk to a snapshot.
 func (img *Image) SnapshotApply(name string) error {
 	if img.ro {
@@ -378,18 +397,11 @@ func (img *Image) SnapshotApply(name string) error {
 	}
 	img.mu.Lock()
 	defer img.mu.Unlock()
-	i := img.findSnapshot(name)
-	if i < 0 {
-		return fmt.Errorf("qcow2: snapshot '%s' not found", name)
-	}
-	s := img.snapshots[i]
-	if err := img.flushLocked(false); err != nil {
-		return err
-	}
-	sl1, err := img.readL1(s.l1Offset, s.l1Size)
+	i, sl1, err := img.loadSnapshotLocked(name)
 	if err != nil {
 		return err
 	}
+	s := img.snapshots[i]
 	if size, ok := s.diskSize(); ok && size != img.Size() {
 		if err := img.resizeLocked(size, true, false); err != nil {
 			return err
@@ -447,18 +459,11 @@ func (img *Image) SnapshotDelete(name string) error {
 	}
 	img.mu.Lock()
 	defer img.mu.Unlock()
-	i := img.findSnapshot(name)
-	if i < 0 {
-		return fmt.Errorf("qcow2: snapshot '%s' not found", name)
-	}
-	s := img.snapshots[i]
-	if err := img.flushLocked(false); err != nil {
-		return err
-	}
-	sl1, err := img.readL1(s.l1Offset, s.l1Size)
+	i, sl1, err := img.loadSnapshotLocked(name)
 	if err != nil {
 		return err
 	}
+	s := img.snapshots[i]
 	img.snapshots = append(img.snapshots[:i:i], img.snapshots[i+1:]...)
 	if err := img.writeSnapshotTable(); err != nil {
 		return err

@@ -19,17 +19,7 @@ func (m *Image) ReadAt(p []byte, off int64) (int, error) {
 		}
 		return len(p), nil
 	}
-	done := 0
-	for done < len(p) {
-		o := off + int64(done)
-		idx, in := o/m.blockSize, o%m.blockSize
-		n := int(min(int64(len(p)-done), m.blockSize-in))
-		if err := m.readBlock(idx, in, p[done:done+n]); err != nil {
-			return done, err
-		}
-		done += n
-	}
-	return len(p), nil
+	return m.perBlock(p, off, m.readBlock)
 }
 
 // readFile reads container bytes; a container cut short reads as zeros.
@@ -164,17 +154,7 @@ func (m *Image) WriteAt(p []byte, off int64) (int, error) {
 		}
 		return len(p), nil
 	}
-	done := 0
-	for done < len(p) {
-		o := off + int64(done)
-		idx, in := o/m.blockSize, o%m.blockSize
-		n := int(min(int64(len(p)-done), m.blockSize-in))
-		if err := m.writeBlock(idx, in, p[done:done+n]); err != nil {
-			return done, err
-		}
-		done += n
-	}
-	return len(p), nil
+	return m.perBlock(p, off, m.writeBlock)
 }
 
 func (m *Image) writeBlock(idx, in int64, p []byte) error {
@@ -495,4 +475,20 @@ func (m *Image) BlockStatus(off, n int64) ([]block.Extent, error) {
 		o += l
 	}
 	return out, nil
+}
+
+// perBlock splits a guest access at block boundaries and hands each piece
+// to fn with its block index and offset inside the block.
+func (m *Image) perBlock(p []byte, off int64, fn func(idx, in int64, p []byte) error) (int, error) {
+	done := 0
+	for done < len(p) {
+		o := off + int64(done)
+		idx, in := o/m.blockSize, o%m.blockSize
+		n := int(min(int64(len(p)-done), m.blockSize-in))
+		if err := fn(idx, in, p[done:done+n]); err != nil {
+			return done, err
+		}
+		done += n
+	}
+	return len(p), nil
 }
