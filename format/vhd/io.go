@@ -327,11 +327,14 @@ func (m *Image) allocWrite(idx, in int64, p []byte) error {
 	if _, err := m.f.WriteAt(ent[:], int64(m.hdr.TableOffset)+4*idx); err != nil {
 		return fmt.Errorf("vhd: BAT entry %d: %w", idx, err)
 	}
+	// The bitmap is cached before the entry is published: once other
+	// writers see the entry they may mark sectors in the cached bitmap,
+	// and a put after that would drop their bits.
+	m.bitmaps.put(idx, bm)
 	m.batMu.Lock()
 	m.bat[idx] = uint32(pos / sectorSize)
 	m.nextFree = newEnd
 	m.batMu.Unlock()
-	m.bitmaps.put(idx, bm)
 	return nil
 }
 
