@@ -55,10 +55,11 @@ format does not support checks.`,
 				return exitCode(imgtool.CheckFailed, fmt.Errorf("%s: check failed: %w", name, err))
 			}
 			if res.CorruptionsFixed > 0 || res.LeaksFixed > 0 {
+				// As in qemu-img, what the repair found comes first.
+				printMessages(res)
 				if out == "human" {
 					fmt.Print(imgtool.RepairedHeader(res))
 				}
-				printMessages(res)
 				fixedC, fixedL := res.CorruptionsFixed, res.LeaksFixed
 				if res, err = ck.Check(block.RepairNone); err != nil {
 					return exitCode(imgtool.CheckFailed, fmt.Errorf("%s: check failed: %w", name, err))

@@ -11,8 +11,12 @@ import (
 // Check verifies the footer and its copy, the dynamic header, the BAT
 // (entries past the end or overlapping) and looks for space no block
 // uses. With RepairErrors it rewrites the footer, its copy and the header
-// and clears bad BAT entries; with RepairLeaks it trims unreferenced space
-// at the end of the file by moving the footer back.
+// and clears bad BAT entries; with RepairLeaks it moves the last blocks
+// into unreferenced space between blocks and trims the end of the file by
+// moving the footer back.
+//
+// A repair moves blocks, so it must not run alongside guest I/O; vdisk
+// check holds the image exclusively.
 func (m *Image) Check(mode block.RepairMode) (*block.CheckResult, error) {
 	res := &block.CheckResult{Filename: m.name, Format: "vhd"}
 	if mode != block.RepairNone && m.fileRO {
@@ -80,37 +84,34 @@ func (m *Image) Check(mode block.RepairMode) (*block.CheckResult, error) {
 
 	// Space between the last block and the footer is leaked; so are gaps
 	// between blocks at least a block long.
+	fsize0 := fsize
+	gaps, alloc := m.gaps(fsize)
+	res.TotalClusters = int64(len(m.bat))
+	res.AllocatedClusters = alloc
+	for _, g := range gaps {
+		res.Leaks += int(g.len() / m.blockTotal)
+		msg("Leaked space of %d bytes at %#x (not referenced by the BAT)", g.len(), g.start)
+	}
 	end := m.dataEnd()
 	footerPos := fsize - footerSize
 	if m.footerDirty {
 		footerPos = end
 	}
-	var used []region
-	used = append(used, m.meta...)
-	m.batMu.RLock()
-	alloc := int64(0)
-	for i, e := range m.bat {
-		if e != batUnused && m.badEntry[uint32(i)] == "" {
-			used = append(used, region{int64(e) * sectorSize, int64(e)*sectorSize + m.blockTotal, ""})
-			alloc++
-		}
-	}
-	m.batMu.RUnlock()
-	res.TotalClusters = int64(len(m.bat))
-	res.AllocatedClusters = alloc
-	sort.Slice(used, func(a, b int) bool { return used[a].start < used[b].start })
-	pos := int64(0)
-	for _, r := range used {
-		if r.start-pos >= m.blockTotal {
-			res.Leaks += int((r.start - pos) / m.blockTotal)
-			msg("Leaked space of %d bytes at %#x (not referenced by the BAT)", r.start-pos, pos)
-		}
-		pos = max(pos, r.end)
-	}
 	trailing := footerPos - end
 	if trailing > 0 {
 		res.Leaks += int((trailing + m.blockTotal - 1) / m.blockTotal)
 		msg("Leaked space of %d bytes at %#x, before the footer (a block allocation interrupted by a crash)", trailing, end)
+	}
+	if fixLeak && len(gaps) > 0 {
+		moved, err := m.compact(gaps)
+		if moved > 0 {
+			msg("Repaired: %d blocks moved into leaked space", moved)
+		}
+		if err != nil {
+			return nil, err
+		}
+		end = m.dataEnd()
+		trailing = footerPos - end
 	}
 
 	if m.footerDirty {
@@ -135,9 +136,6 @@ func (m *Image) Check(mode block.RepairMode) (*block.CheckResult, error) {
 		m.batMu.Lock()
 		m.nextFree = end
 		m.batMu.Unlock()
-		if trailing > 0 && fixLeak {
-			res.LeaksFixed += int((trailing + m.blockTotal - 1) / m.blockTotal)
-		}
 		if m.footerDirty {
 			res.CorruptionsFixed++
 			msg("Repaired: footer and its copy at offset 0 rewritten")
@@ -150,6 +148,21 @@ func (m *Image) Check(mode block.RepairMode) (*block.CheckResult, error) {
 	if err := m.f.Sync(); err != nil {
 		return nil, err
 	}
+	if fixLeak && res.Leaks > 0 {
+		// What is left is what could not be reclaimed.
+		left := 0
+		gaps, _ := m.gaps(fsize0)
+		for _, g := range gaps {
+			left += int(g.len() / m.blockTotal)
+		}
+		if fsize, err = m.f.Size(); err != nil {
+			return nil, err
+		}
+		if t := fsize - footerSize - m.dataEnd(); t > 0 {
+			left += int((t + m.blockTotal - 1) / m.blockTotal)
+		}
+		res.LeaksFixed = max(res.Leaks-left, 0)
+	}
 	if res.Corruptions == res.CorruptionsFixed && res.CorruptionsFixed > 0 {
 		m.damage = nil
 		m.readOnly = m.fileRO
@@ -158,3 +171,128 @@ func (m *Image) Check(mode block.RepairMode) (*block.CheckResult, error) {
 }
 
 var _ block.Checker = (*Image)(nil)
+
+func (r region) len() int64 { return r.end - r.start }
+
+// gaps lists the holes between metadata and blocks (below the end of the
+// data) that can hold at least one block, in file order, and counts the
+// valid blocks.
+func (m *Image) gaps(fsize int64) ([]region, int64) {
+	var blocks []region
+	m.batMu.RLock()
+	for i, e := range m.bat {
+		if e != batUnused && m.badEntry[uint32(i)] == "" {
+			blocks = append(blocks, region{int64(e) * sectorSize, int64(e)*sectorSize + m.blockTotal, "block"})
+		}
+	}
+	m.batMu.RUnlock()
+	used := append(m.reserved(fsize, blocks), blocks...)
+	alloc := int64(len(blocks))
+	sort.Slice(used, func(a, b int) bool { return used[a].start < used[b].start })
+	var gaps []region
+	pos := int64(0)
+	for _, r := range used {
+		// Blocks start on sector boundaries.
+		if start := (pos + sectorSize - 1) / sectorSize * sectorSize; r.start-start >= m.blockTotal {
+			gaps = append(gaps, region{start, r.start, "leak"})
+		}
+		pos = max(pos, r.end)
+	}
+	return gaps, alloc
+}
+
+// reserved is the metadata a moved block must not land on. A parent
+// locator's reserved space is in sectors by the specification and in bytes
+// as Hyper-V (and vdisk) write it; the sector reading is kept clear unless
+// a block or other metadata sits inside it, which rules it out.
+func (m *Image) reserved(fsize int64, blocks []region) []region {
+	var out []region
+	for _, r := range m.meta {
+		if r.what != "parent locator" {
+			out = append(out, r)
+		}
+	}
+	fixed := len(out)
+	if m.hdr == nil {
+		return out
+	}
+	for _, l := range m.hdr.Locators {
+		if l.Code == [4]byte{} || l.DataOff >= uint64(fsize) {
+			continue
+		}
+		start := int64(l.DataOff)
+		bytesEnd := start + max(int64(l.DataLen), int64(l.DataSpace))
+		sectorsEnd := start + int64(l.DataSpace)*sectorSize
+		for _, r := range append(out[:fixed:fixed], blocks...) {
+			if r.start < sectorsEnd && start < r.end && r.start >= bytesEnd {
+				sectorsEnd = bytesEnd
+				break
+			}
+		}
+		out = append(out, region{start, min(max(bytesEnd, sectorsEnd), fsize), "parent locator"})
+	}
+	return out
+}
+
+// compact moves the last block of the file into the first gap before it
+// that holds it, and again, until no gap below the last block is big
+// enough. Each move copies the block (bitmap and data), syncs, points the
+// BAT entry at the copy and syncs again: a crash leaves the entry on the
+// old block or on a complete copy, and the other one leaked.
+func (m *Image) compact(gaps []region) (int, error) {
+	type blk struct {
+		idx   int64
+		start int64
+	}
+	var blocks []blk
+	m.batMu.RLock()
+	for i, e := range m.bat {
+		if e != batUnused && m.badEntry[uint32(i)] == "" {
+			blocks = append(blocks, blk{int64(i), int64(e) * sectorSize})
+		}
+	}
+	m.batMu.RUnlock()
+	sort.Slice(blocks, func(a, b int) bool { return blocks[a].start > blocks[b].start })
+	// Blocks may be up to 1 GiB; they are copied a piece at a time.
+	buf := make([]byte, min(m.blockTotal, 1<<20))
+	moved := 0
+	for _, b := range blocks {
+		g := -1
+		for i := range gaps {
+			if gaps[i].len() >= m.blockTotal && gaps[i].start+m.blockTotal <= b.start {
+				g = i
+				break
+			}
+		}
+		if g < 0 {
+			break
+		}
+		to := gaps[g].start
+		for o := int64(0); o < m.blockTotal; o += int64(len(buf)) {
+			chunk := buf[:min(int64(len(buf)), m.blockTotal-o)]
+			if err := readFull(m.f, chunk, b.start+o); err != nil {
+				return moved, fmt.Errorf("vhd: reading block %d at %#x to move it: %w", b.idx, b.start+o, err)
+			}
+			if _, err := m.f.WriteAt(chunk, to+o); err != nil {
+				return moved, fmt.Errorf("vhd: copying block %d to %#x: %w", b.idx, to+o, err)
+			}
+		}
+		if err := m.f.Sync(); err != nil {
+			return moved, fmt.Errorf("vhd: sync before moving block %d: %w", b.idx, err)
+		}
+		var ent [4]byte
+		binary.BigEndian.PutUint32(ent[:], uint32(to/sectorSize))
+		if _, err := m.f.WriteAt(ent[:], int64(m.hdr.TableOffset)+4*b.idx); err != nil {
+			return moved, fmt.Errorf("vhd: BAT entry %d: %w", b.idx, err)
+		}
+		if err := m.f.Sync(); err != nil {
+			return moved, fmt.Errorf("vhd: sync after moving block %d: %w", b.idx, err)
+		}
+		m.batMu.Lock()
+		m.bat[b.idx] = uint32(to / sectorSize)
+		m.batMu.Unlock()
+		gaps[g].start += m.blockTotal
+		moved++
+	}
+	return moved, nil
+}
