@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages vdisk's tests drive, when any is missing.
 set -euo pipefail
-pkgs=(qemu-utils libnbd-bin nbdkit fuse3 e2fsprogs fio libvhdi-utils libqcow-utils jq util-linux bc)
+pkgs=(qemu-utils libnbd-bin nbdkit fuse3 e2fsprogs fio libvhdi-utils libqcow-utils jq util-linux fdisk bc openssl)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
