@@ -425,6 +425,7 @@ func (img *Image) rebuildRefcounts() error {
 		return err
 	}
 	img.reftable = table
+	img.tablesChanged()
 	img.rtDirty, img.rtMoved = false, false
 	img.rbc.clear()
 	img.pending = map[int64]int64{}

@@ -214,7 +214,7 @@ func (img *Image) writeInPlace(p []byte, off int64) (bool, error) {
 		if !img.inPlace(e) {
 			return false, nil
 		}
-		if img.overlapsMetadata(e.host(), img.cs) {
+		if img.metaOverlap(e.host(), img.cs, olAll) != "" {
 			return false, nil // the exclusive path marks the image corrupt
 		}
 		h := e.host() + pos&(img.cs-1)
@@ -247,8 +247,10 @@ func (img *Image) writeLocked(p []byte, off int64) error {
 			return err
 		}
 		e := img.getEntry(t, idx)
-		if e.host() != 0 && !e.compressed() && e.copied() && img.overlapsMetadata(e.host(), img.cs) {
-			return img.errOverlap("data cluster", e.host())
+		if e.host() != 0 && !e.compressed() && e.copied() {
+			if what := img.metaOverlap(e.host(), img.cs, olAll); what != "" {
+				return img.markCorrupt(what, e.host(), img.cs)
+			}
 		}
 		if img.inPlace(e) {
 			if _, err := img.f.WriteAt(p[pos-off:cend-off], e.host()+pos-cstart); err != nil {

@@ -80,15 +80,18 @@ type Image struct {
 	// mu guards all metadata below and in the caches. Reads and in-place
 	// writes hold it shared; anything that changes metadata holds it
 	// exclusively.
-	mu                  sync.RWMutex
-	l1                  []uint64
-	l1Dirty             bool
-	reftable            []uint64
-	rtDirty             bool
-	rtMoved             bool // reftable relocated: header must follow it
-	l1Moved             bool
-	headerDirty         bool
-	l2c, rbc            *cache
+	mu          sync.RWMutex
+	l1          []uint64
+	l1Dirty     bool
+	reftable    []uint64
+	rtDirty     bool
+	rtMoved     bool // reftable relocated: header must follow it
+	l1Moved     bool
+	headerDirty bool
+	l2c, rbc    *cache
+	// tables indexes the clusters the L1 and refcount tables point to,
+	// for the overlap check; nil after either table changes.
+	tables              atomic.Pointer[tableIndex]
 	backing             block.Image
 	pending             map[int64]int64 // cluster index -> refcount decrements due after the next metadata sync
 	freeHint            int64           // no free cluster below this index

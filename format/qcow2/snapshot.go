@@ -322,6 +322,7 @@ func (img *Image) clearCopied() error {
 			}
 		}
 		img.l1[i] = e1 &^ flagCopied
+		img.tablesChanged()
 		img.l1Dirty = true
 	}
 	return nil
@@ -342,6 +343,7 @@ func (img *Image) fixCopied() (int, error) {
 		}
 		if want := rc == 1; want != (e1&flagCopied != 0) {
 			img.l1[i] = e1 ^ flagCopied
+			img.tablesChanged()
 			img.l1Dirty = true
 			fixed++
 		}
@@ -442,6 +444,7 @@ func (img *Image) SnapshotApply(name string) error {
 			img.l1[j] = sl1[j] &^ flagCopied
 		}
 	}
+	img.tablesChanged()
 	img.l1Dirty = true
 	if err := img.flushLocked(false); err != nil {
 		return err
