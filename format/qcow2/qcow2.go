@@ -101,7 +101,8 @@ type Image struct {
 	oldSnapshotTableLen int64
 	lazy                bool // lazy refcounts: the dirty bit is set on disk
 	corrupt             bool
-	snapErr             error // snapshot table unreadable (read-only check opens only)
+	snapErr             error    // snapshot table unreadable (read-only check opens only)
+	snapDropped         []string // snapshots a repairing check open discarded; Check rewrites the table
 	preallocOnce        sync.Once
 	prealloc            bool // see metadataPreallocated
 	closed              bool
@@ -189,14 +190,21 @@ func open(f block.File, opts *block.OpenOptions, l2Bytes, rbBytes int64) (*Image
 	for i := range img.reftable {
 		img.reftable[i] = be64(buf[i*8:])
 	}
-	if err := img.loadSnapshots(); err != nil {
-		if !opts.Check || !img.ro {
+	if _, err := img.loadSnapshots(false); err != nil {
+		if !opts.Check {
 			return nil, err
 		}
-		// A read-only check goes on without the snapshots, as qemu-img
-		// check does, and reports the damage.
-		img.snapshots = nil
-		img.snapErr = err
+		if img.ro {
+			// A read-only check goes on without the snapshots, as
+			// qemu-img check does, and reports the damage.
+			img.snapErr = err
+		} else {
+			// A repairing check keeps the sound snapshots; Check
+			// rewrites the table without the others.
+			if img.snapDropped, err = img.loadSnapshots(true); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if h.backingFile != "" && !opts.NoBacking {
 		b, err := block.OpenBacking(img.name, h.backingFile, h.backingFmt, opts)
