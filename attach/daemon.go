@@ -407,6 +407,7 @@ func (d *Daemon) attach(a *ctl.AttachArgs, cred *unix.Ucred) (_ *Unit, err error
 	if err != nil {
 		return nil, withErrno(errnoFromSys(err), "%s: %v", u.Name(), err)
 	}
+	d.addPartitions(u)
 	d.log.Info("attached", "unit", u.Name(), "device", u.dev.Path, "file", u.File, "format", u.Format,
 		"read-only", u.ReadOnly, "sector-size", 1<<secbits, "passthrough", u.export.Passthrough(), "direct-io", u.dev.DirectIO)
 	return u, nil
