@@ -263,6 +263,14 @@ func (d *Daemon) dispatch(req *ctl.Request, resp *ctl.Response, cred *unix.Ucred
 		}
 		d.mu.Unlock()
 		return nil
+	case ctl.OpRescan:
+		u, err := d.lookup(req.Unit)
+		if err != nil {
+			return err
+		}
+		parts, err := d.rescan(u)
+		resp.Partitions = parts
+		return err
 	case ctl.OpStat:
 		u, err := d.lookup(req.Unit)
 		if err != nil {

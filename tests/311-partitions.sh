@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # needs: root fuse qemu-img mkfs.ext4 fsck.ext4 sfdisk partx blockdev jq
 # An attached image is a disk that can be partitioned: after sfdisk (and
-# partx, for kernels built without partition table parsers, which find
-# nothing when sfdisk asks them to re-read the table) loopNp1, loopNp2
-# appear, each takes a file system, detach is refused while a partition is
+# partx -u or vdisk rescan, for kernels built without partition table
+# parsers, which find nothing when sfdisk asks them to re-read the table)
+# loopNp1, loopNp2 appear, each takes a file system, detach is refused while a partition is
 # mounted, the table and file systems are in the image file afterwards, and
 # a later attach shows the partitions without any manual step: the daemon
 # registers them when the kernel did not.
@@ -75,18 +75,33 @@ echo "=== MBR with logical partitions on a raw image"
 qemu-img create -q -f raw dos.img 48M
 attach -f raw dos.img
 printf 'label: dos\n,8M,L\n,,E\n,12M,L\n,,L\n' | sfdisk -q "$dev" && echo "partitioned"
-# partx -u alone only looks at as many partitions as the table has (four
-# here), which misses p6 when the kernel has none: name the range.
-partx -u --nr 1:256 "$dev"
-wait_part "$dev" 6 && parts "$dev"
+# vdisk rescan does what partx -u would, without its limits (partx -u looks
+# at as many partition numbers as the table has entries, four here, which
+# misses p6, and keeps partitions the table dropped).
+$VDISK rescan "$unit" | filter
+parts "$dev"
 mkfs.ext4 -q "$dev"p5 && mkfs.ext4 -q "$dev"p6 && echo "mkfs ok"
 mnt "$dev"p6 p6
 echo logical >p6/file
 umnt p6
-echo "-- repartitioned while attached: p6 deleted"
-sfdisk -q --delete "$dev" 6 && echo "p6 deleted from the table"
-partx -u --nr 1:256 "$dev"
+echo "-- repartitioned while p5 is mounted: p6 deleted, then added smaller"
+# The kernel refuses to re-read the table of a disk in use; rescan syncs
+# the partitions one by one.
+mnt "$dev"p5 p5
+sfdisk -q --no-reread --delete "$dev" 6 2>/dev/null && echo "p6 deleted from the table"
+$VDISK rescan "$unit" | filter
+printf ',8M,L\n' | sfdisk -q --no-reread -a "$dev" 2>/dev/null && echo "p6 added"
+$VDISK rescan "$dev" | filter
 parts "$dev"
+echo "-- p5 shrunk while mounted: refused until unmounted"
+printf ',8M\n' | sfdisk -q --no-reread -N 5 "$dev" 2>/dev/null && echo "p5 shrunk in the table"
+$VDISK rescan "$unit" 2>&1 | filter
+echo "exit ${PIPESTATUS[0]}"
+parts "$dev"
+umnt p5
+$VDISK rescan "$unit" | filter
+parts "$dev"
+mkfs.ext4 -q "$dev"p5 && echo "mkfs p5 ok"
 $VDISK detach "$unit" && echo "detached"
 gone "$dev"
 sfdisk --json dos.img | jq -c '.partitiontable | {"label": .label, parts: [.partitions[] | {node, type, start, size}]}'
@@ -101,8 +116,8 @@ echo "=== 4096-byte sectors (-s 12)"
 $VDISK create -q -f qcow2 4k.qcow2 32M
 attach -s 12 4k.qcow2
 printf 'label: gpt\n,8M,L\n,,L\n' | sfdisk -q "$dev" && echo "partitioned"
-partx -u "$dev"
-wait_part "$dev" 2 && parts "$dev"
+$VDISK rescan "$unit" | filter
+parts "$dev"
 blockdev --getss "$dev"p1
 mkfs.ext4 -q "$dev"p2 && mnt "$dev"p2 p2
 copy_tree p2

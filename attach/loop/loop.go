@@ -345,19 +345,8 @@ func (d *Device) Partitions() []int {
 // table parsers, nothing else makes partitions appear. The device node is
 // made when /dev is not a devtmpfs that makes it.
 func (d *Device) AddPartition(num int, start, length int64) error {
-	if d.f == nil {
-		return fmt.Errorf("loop: %s is released", d.Path)
-	}
-	p := unix.BlkpgPartition{Start: start, Length: length, Pno: int32(num)}
-	arg := unix.BlkpgIoctlArg{
-		Op:      unix.BLKPG_ADD_PARTITION,
-		Datalen: int32(unsafe.Sizeof(p)),
-		Data:    (*byte)(unsafe.Pointer(&p)),
-	}
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, d.f.Fd(), unix.BLKPG, uintptr(unsafe.Pointer(&arg)))
-	runtime.KeepAlive(&p)
-	if errno != 0 {
-		return fmt.Errorf("loop: adding partition %d of %s (%d bytes at %d): %w", num, d.Path, length, start, errno)
+	if err := d.blkpg(unix.BLKPG_ADD_PARTITION, num, start, length); err != nil {
+		return fmt.Errorf("loop: adding partition %d of %s (%d bytes at %d): %w", num, d.Path, length, start, err)
 	}
 	part := fmt.Sprintf("%sp%d", d.Name(), num)
 	node := "/dev/" + part
@@ -367,6 +356,59 @@ func (d *Device) AddPartition(num int, start, length int64) error {
 				d.nodes = append(d.nodes, node)
 			}
 		}
+	}
+	return nil
+}
+
+// DelPartition removes partition num with BLKPG; the kernel refuses
+// (EBUSY) while the partition is open or mounted.
+func (d *Device) DelPartition(num int) error {
+	if err := d.blkpg(unix.BLKPG_DEL_PARTITION, num, 0, 0); err != nil {
+		return fmt.Errorf("loop: removing partition %d of %s: %w", num, d.Path, err)
+	}
+	node := fmt.Sprintf("/dev/%sp%d", d.Name(), num)
+	for i, n := range d.nodes {
+		if n == node {
+			os.Remove(n)
+			d.nodes = append(d.nodes[:i], d.nodes[i+1:]...)
+			break
+		}
+	}
+	return nil
+}
+
+// PartitionExtent is where the kernel has partition num: start and length
+// in bytes.
+func (d *Device) PartitionExtent(num int) (start, length int64, err error) {
+	dir := filepath.Join("/sys/block", d.Name(), fmt.Sprintf("%sp%d", d.Name(), num))
+	var v [2]int64
+	for i, f := range []string{"start", "size"} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			return 0, 0, err
+		}
+		// sysfs counts 512-byte sectors whatever the logical block size.
+		if v[i], err = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err != nil {
+			return 0, 0, err
+		}
+	}
+	return v[0] * 512, v[1] * 512, nil
+}
+
+func (d *Device) blkpg(op int32, num int, start, length int64) error {
+	if d.f == nil {
+		return fmt.Errorf("%s is released", d.Path)
+	}
+	p := unix.BlkpgPartition{Start: start, Length: length, Pno: int32(num)}
+	arg := unix.BlkpgIoctlArg{
+		Op:      op,
+		Datalen: int32(unsafe.Sizeof(p)),
+		Data:    (*byte)(unsafe.Pointer(&p)),
+	}
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, d.f.Fd(), unix.BLKPG, uintptr(unsafe.Pointer(&arg)))
+	runtime.KeepAlive(&p)
+	if errno != 0 {
+		return errno
 	}
 	return nil
 }
