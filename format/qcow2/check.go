@@ -25,6 +25,22 @@ func (img *Image) Check(mode block.RepairMode) (*block.CheckResult, error) {
 		if err := img.flushLocked(false); err != nil {
 			return nil, err
 		}
+		if img.checkOnly && img.h.incompatible&incDirty != 0 && mode&block.RepairErrors != 0 {
+			// The rebuild a writable open of a dirty image does, left
+			// to the check that was asked for it.
+			res, err := img.checkLocked(mode, true)
+			if err != nil {
+				return nil, err
+			}
+			if err := img.flushLocked(true); err != nil {
+				return nil, err
+			}
+			img.h.incompatible &^= incDirty
+			if err := img.writeHeaderSynced(); err != nil {
+				return nil, err
+			}
+			return res, nil
+		}
 	}
 	return img.checkLocked(mode, false)
 }

@@ -143,7 +143,7 @@ func (img *Image) readBacking(b []byte, off int64) error {
 }
 
 func (img *Image) WriteAt(p []byte, off int64) (int, error) {
-	if img.ro {
+	if img.ro || img.checkOnly {
 		return 0, block.ErrReadOnly
 	}
 	if err := block.CheckRange(off, int64(len(p)), img.Size()); err != nil {

@@ -103,6 +103,7 @@ type Image struct {
 	corrupt             bool
 	snapErr             error    // snapshot table unreadable (read-only check opens only)
 	snapDropped         []string // snapshots a repairing check open discarded; Check rewrites the table
+	checkOnly           bool     // opened read/write by check: only Check may change the image
 	preallocOnce        sync.Once
 	prealloc            bool // see metadataPreallocated
 	closed              bool
@@ -143,7 +144,7 @@ func open(f block.File, opts *block.OpenOptions, l2Bytes, rbBytes int64) (*Image
 	if err != nil {
 		return nil, err
 	}
-	img := &Image{f: f, name: f.Name(), ro: opts.ReadOnly, opts: *opts, h: h, pending: map[int64]int64{}}
+	img := &Image{f: f, name: f.Name(), ro: opts.ReadOnly, checkOnly: opts.Check && !opts.ReadOnly, opts: *opts, h: h, pending: map[int64]int64{}}
 	img.cbits = uint(h.clusterBits)
 	img.cs = 1 << img.cbits
 	img.ext = h.incompatible&incExtL2 != 0
@@ -231,7 +232,9 @@ func open(f block.File, opts *block.OpenOptions, l2Bytes, rbBytes int64) (*Image
 func (img *Image) openWritable() error {
 	img.mu.Lock()
 	defer img.mu.Unlock()
-	if img.h.incompatible&incDirty != 0 {
+	// A check open leaves a dirty image to Check, which repairs only what
+	// it is asked to, as qemu-img check does.
+	if img.h.incompatible&incDirty != 0 && !img.checkOnly {
 		if _, err := img.checkLocked(block.RepairAll, true); err != nil {
 			return fmt.Errorf("qcow2: rebuilding refcounts of a dirty image: %w", err)
 		}

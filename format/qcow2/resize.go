@@ -10,7 +10,7 @@ import (
 // Resize changes the virtual size. Growing enlarges the L1 table as needed;
 // shrinking (only with shrink set) frees every cluster past the new end.
 func (img *Image) Resize(size int64, shrink bool) error {
-	if img.ro {
+	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
 	img.mu.Lock()

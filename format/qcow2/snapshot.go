@@ -69,6 +69,7 @@ func (img *Image) loadSnapshots(lenient bool) ([]string, error) {
 			img.snapshots = nil
 			return nil, err
 		}
+		img.oldSnapshotTableLen = 0 // see below
 		return append(dropped, strings.TrimPrefix(err.Error(), "qcow2: ")), nil
 	}
 	if h.nbSnapshots == 0 {
@@ -135,6 +136,13 @@ func (img *Image) loadSnapshots(lenient bool) ([]string, error) {
 		}
 		l1Total += int64(s.l1Size) * 8
 		img.snapshots = append(img.snapshots, s)
+	}
+	if lenient && len(dropped) > 0 {
+		// The header that located this table is suspect, so its range
+		// may be anything, live data included: the rewrite frees none
+		// of it, and the leak repair after it frees what really is
+		// unreferenced.
+		img.oldSnapshotTableLen = 0
 	}
 	return dropped, nil
 }
@@ -267,7 +275,7 @@ func (img *Image) readL1(off uint64, n uint32) ([]uint64, error) {
 
 // SnapshotCreate makes an internal snapshot of the current disk state.
 func (img *Image) SnapshotCreate(name string) error {
-	if img.ro {
+	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
 	img.mu.Lock()
@@ -419,7 +427,7 @@ func (img *Image) loadSnapshotLocked(name string) (int, []uint64, error) {
 
 // SnapshotApply reverts the disk to a snapshot.
 func (img *Image) SnapshotApply(name string) error {
-	if img.ro {
+	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
 	img.mu.Lock()
@@ -482,7 +490,7 @@ func (img *Image) SnapshotApply(name string) error {
 
 // SnapshotDelete removes a snapshot and frees what only it referenced.
 func (img *Image) SnapshotDelete(name string) error {
-	if img.ro {
+	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
 	img.mu.Lock()

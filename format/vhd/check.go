@@ -65,6 +65,13 @@ func (m *Image) Check(mode block.RepairMode) (*block.CheckResult, error) {
 		res.CorruptionsFixed++
 		msg("Repaired: %s; entry cleared (the block's data is lost)", why)
 	}
+	if fixErr && len(bad) > 0 {
+		// The cleared entries are on disk before compaction may copy a
+		// block into what they pointed at.
+		if err := m.f.Sync(); err != nil {
+			return nil, err
+		}
+	}
 
 	if m.headerDirty {
 		res.Corruptions++
@@ -267,18 +274,29 @@ func (m *Image) compact(gaps []region) (int, error) {
 	}
 	m.batMu.RUnlock()
 	sort.Slice(blocks, func(a, b int) bool { return blocks[a].start > blocks[b].start })
+	// Moving a block that sits below some metadata (another writer may
+	// put the BAT after the blocks) would not let the file shrink.
+	fsize, err := m.f.Size()
+	if err != nil {
+		return 0, err
+	}
+	live := make([]region, len(blocks))
+	for i, b := range blocks {
+		live[i] = region{b.start, b.start + m.blockTotal, "block"}
+	}
+	var metaEnd int64
+	for _, r := range m.reserved(fsize, live) {
+		metaEnd = max(metaEnd, r.end)
+	}
 	// Blocks may be up to 1 GiB; they are copied a piece at a time.
 	buf := make([]byte, min(m.blockTotal, 1<<20))
-	moved := 0
+	moved, g := 0, 0
 	for _, b := range blocks {
-		g := -1
-		for i := range gaps {
-			if gaps[i].len() >= m.blockTotal && gaps[i].start+m.blockTotal <= b.start {
-				g = i
-				break
-			}
+		// Gaps only shrink from their start, so one too small stays so.
+		for g < len(gaps) && gaps[g].len() < m.blockTotal {
+			g++
 		}
-		if g < 0 {
+		if g == len(gaps) || gaps[g].start+m.blockTotal > b.start || b.start < metaEnd {
 			break
 		}
 		to := gaps[g].start
