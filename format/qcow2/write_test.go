@@ -370,7 +370,8 @@ func TestExtendedL2PartialWritesLikeQemu(t *testing.T) {
 	base := filepath.Join(dir, "base.qcow2")
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", base, "1M")
 	qemuIO(t, base, "qcow2", "write -P 0x5a 0 1M")
-	writes := []string{"write -P 1 8k 4k", "write -P 2 101k 1k", "write -P 3 200k 130k", "write -P 4 600k 512"}
+	writes := []string{"write -P 1 8k 4k", "write -P 2 101k 1k", "write -P 3 200k 130k", "write -P 4 600k 512",
+		"write -z 196k 4k", "write -z 205k 3k", "write -z 700k 1k", "write -z 126k 4k"}
 	var maps []string
 	for _, who := range []string{"qemu", "vdisk"} {
 		name := filepath.Join(dir, who+".qcow2")
@@ -384,13 +385,23 @@ func TestExtendedL2PartialWritesLikeQemu(t *testing.T) {
 			}
 			for _, w := range writes {
 				var pat byte
-				var off, n int64
 				var offS, nS string
-				fmt.Sscanf(w, "write -P %d %s %s", &pat, &offS, &nS)
-				off, _ = block.ParseSize(offS)
-				n, _ = block.ParseSize(nS)
-				if _, err := img.WriteAt(bytes.Repeat([]byte{pat}, int(n)), off); err != nil {
-					t.Fatal(err)
+				zero := strings.HasPrefix(w, "write -z")
+				if zero {
+					fmt.Sscanf(w, "write -z %s %s", &offS, &nS)
+				} else {
+					fmt.Sscanf(w, "write -P %d %s %s", &pat, &offS, &nS)
+				}
+				off, _ := block.ParseSize(offS)
+				n, _ := block.ParseSize(nS)
+				var err error
+				if zero {
+					err = img.WriteZeroes(off, n, 0)
+				} else {
+					_, err = img.WriteAt(bytes.Repeat([]byte{pat}, int(n)), off)
+				}
+				if err != nil {
+					t.Fatalf("%s: %v", w, err)
 				}
 			}
 			if err := img.Close(); err != nil {

@@ -133,9 +133,77 @@ func (img *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
 	return img.afterMetaChange()
 }
 
-// zeroBytes writes zeros into a sub-cluster range unless it reads as zeros
-// already.
+// zeroBytes zeroes a range smaller than a cluster (or straddling two).
+// With extended L2 entries, the subclusters it covers whole get their
+// zero bits, as QEMU does; the rest is written as zero bytes.
 func (img *Image) zeroBytes(off, n int64) error {
+	if img.ext {
+		sc := int64(1) << img.scBits
+		if a, b := (off+sc-1)&^(sc-1), (off+n)&^(sc-1); a < b {
+			if err := img.zeroBytesPlain(off, a-off); err != nil {
+				return err
+			}
+			if err := img.zeroSubclusters(a, b-a); err != nil {
+				return err
+			}
+			return img.zeroBytesPlain(b, off+n-b)
+		}
+	}
+	return img.zeroBytesPlain(off, n)
+}
+
+// zeroSubclusters sets the zero bits of the whole subclusters [off,
+// off+n), clearing their allocation bits; the host cluster, if any, stays
+// with the entry. A compressed cluster has no subclusters and gets zero
+// bytes instead.
+func (img *Image) zeroSubclusters(off, n int64) error {
+	var plain [][2]int64
+	err := func() error {
+		img.mu.Lock()
+		defer img.mu.Unlock()
+		if img.closed {
+			return block.ErrClosed
+		}
+		for pos := off; pos < off+n; {
+			vc := pos >> img.cbits
+			cend := min(off+n, (vc+1)<<img.cbits)
+			m := uint64(img.subMask(pos-vc<<img.cbits, cend-vc<<img.cbits))
+			e, err := img.lookup(vc)
+			if err != nil {
+				return err
+			}
+			switch {
+			case e.compressed():
+				plain = append(plain, [2]int64{pos, cend - pos})
+			case e.bm>>32&m != m:
+				t, idx, err := img.l2ForWrite(vc)
+				if err != nil {
+					return err
+				}
+				e = img.getEntry(t, idx)
+				img.setEntry(t, idx, l2e{d: e.d, bm: e.bm&^m | m<<32})
+			}
+			pos = cend
+		}
+		return img.afterMetaChange()
+	}()
+	if err != nil {
+		return err
+	}
+	for _, r := range plain {
+		if err := img.zeroBytesPlain(r[0], r[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// zeroBytesPlain writes zeros into a range unless it reads as zeros
+// already.
+func (img *Image) zeroBytesPlain(off, n int64) error {
+	if n <= 0 {
+		return nil
+	}
 	img.mu.RLock()
 	already := true
 	err := img.mapRange(off, n, func(s seg) error {
