@@ -472,6 +472,7 @@ func (img *Image) rebuildRefcounts() error {
 	img.rtDirty, img.rtMoved = false, false
 	img.rbc.clear()
 	img.pending = map[int64]int64{}
+	img.pendingFrees = 0
 	img.freeHint = 0
 	img.compNext = 0
 	return nil

@@ -91,6 +91,7 @@ type Image struct {
 	l2c, rbc            *cache
 	backing             block.Image
 	pending             map[int64]int64 // cluster index -> refcount decrements due after the next metadata sync
+	pendingFrees        int64           // about how many pending clusters the decrements free
 	freeHint            int64           // no free cluster below this index
 	reserved            [][2]int64      // cluster ranges being allocated, not yet counted
 	compNext            int64           // next free byte in the cluster compressed data is packed into, 0 = none
