@@ -294,7 +294,15 @@ func (img *Image) writeHeader() error {
 	return nil
 }
 
-func (img *Image) Size() int64          { return img.size.Load() }
+func (img *Image) Size() int64 { return img.size.Load() }
+
+// VMStateOffset is where QEMU keeps the VM state of a snapshot in the
+// guest address space: the first byte past what the L1 table maps for the
+// virtual size. qemu-io's info prints it.
+func (img *Image) VMStateOffset() int64 {
+	span := img.cs << img.l2Bits
+	return (img.Size() + span - 1) / span * span
+}
 func (img *Image) ReadOnly() bool       { return img.ro }
 func (img *Image) Backing() block.Image { return img.backing }
 
