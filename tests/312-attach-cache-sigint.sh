@@ -2,7 +2,8 @@
 # needs: root fuse qemu-img
 # attach --cache-size: data written through the device reads back through
 # the cache and reaches the image; SIGINT on the daemon flushes and
-# detaches every unit, as SIGTERM does.
+# detaches every unit, as SIGTERM does; truncated or invalid images are
+# refused with nothing left behind.
 . "$SRC_DIR/attach-lib.sh"
 qemu-img create -q -f qcow2 disk.qcow2 16M
 head -c 2M /dev/urandom >rnd
@@ -33,3 +34,13 @@ sleep 0.2
 for d in "${_loops[@]}"; do loop_bound "$d" && echo "$d still bound"; done
 echo "FUSE mounts: $(grep -c " $VDISK_STATE_DIR/fuse" /proc/mounts)"
 qemu-img check -q disk.qcow2 && echo "qemu-img check clean"
+echo "=== truncated or invalid images: a clear error, nothing left behind"
+qemu-img create -q -f qcow2 tr.qcow2 8M
+truncate -s 100 tr.qcow2
+head -c 4096 /dev/zero >junk.vhd
+$VDISK attach tr.qcow2 2>&1; echo "exit $?"
+$VDISK attach -f vpc junk.vhd 2>&1; echo "exit $?"
+$VDISK list --counters=false
+ls "$VDISK_STATE_DIR/fuse" 2>/dev/null
+echo "FUSE mounts: $(grep -c " $VDISK_STATE_DIR/fuse" /proc/mounts)"
+echo "loop devices on our files: $(cat /sys/block/loop*/loop/backing_file 2>/dev/null | grep -c "^$VDISK_STATE_DIR/")"
