@@ -3,7 +3,8 @@
 # attach --cache-size: data written through the device reads back through
 # the cache and reaches the image; SIGINT on the daemon flushes and
 # detaches every unit, as SIGTERM does; truncated or invalid images are
-# refused with nothing left behind.
+# refused with nothing left behind; a probed raw image refuses a write
+# through the device that would make it probe as qcow2.
 . "$SRC_DIR/attach-lib.sh"
 qemu-img create -q -f qcow2 disk.qcow2 16M
 head -c 2M /dev/urandom >rnd
@@ -44,3 +45,11 @@ $VDISK list --counters=false
 ls "$VDISK_STATE_DIR/fuse" 2>/dev/null
 echo "FUSE mounts: $(grep -c " $VDISK_STATE_DIR/fuse" /proc/mounts)"
 echo "loop devices on our files: $(cat /sys/block/loop*/loop/backing_file 2>/dev/null | grep -c "^$VDISK_STATE_DIR/")"
+echo "=== a probed raw image refuses a qcow2 header written through the device"
+qemu-img create -q -f raw pr.raw 8M
+qemu-img create -q -f qcow2 hdr.qcow2 1M
+attach pr.raw
+dd if=hdr.qcow2 of="$dev" bs=4k count=1 oflag=direct 2>&1 | grep -o 'Input/output error' | head -1
+dd if=rnd of="$dev" bs=4k count=1 oflag=direct status=none && echo "ordinary data written"
+$VDISK detach "$unit"
+$VDISK info pr.raw | grep 'file format'
