@@ -8,7 +8,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"math/big"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -161,5 +164,53 @@ func TestCacheAndZeroFlags(t *testing.T) {
 	}
 	if _, err := img.ReadAt(got, 4096); err != nil || !bytes.Equal(got, fill[:4096]) {
 		t.Fatalf("data between the zeroed ranges: %v", err)
+	}
+}
+
+// panicky is an image with a bug: reads at one offset panic.
+type panicky struct{ block.Image }
+
+func (p panicky) ReadAt(b []byte, off int64) (int, error) {
+	if off == 4096 {
+		panic("driver bug")
+	}
+	return p.Image.ReadAt(b, off)
+}
+
+// A driver panic ends that client's connection only: the server and its
+// other clients go on.
+func TestDriverPanicEndsOneConnection(t *testing.T) {
+	var mu sync.Mutex
+	var logged []string
+	_, addr, _ := testServer(t, 1<<20, func(s *Server) {
+		s.Exports[0].Image = panicky{s.Exports[0].Image}
+		s.Logf = func(f string, a ...any) {
+			mu.Lock()
+			logged = append(logged, fmt.Sprintf(f, a...))
+			mu.Unlock()
+		}
+	})
+	other := dial(t, addr)
+	other.goTo("", false)
+	bad := dial(t, addr)
+	bad.goTo("", false)
+	bad.req(nbd.CmdRead, 0, 1, 4096, 512, nil)
+	bad.expectClosed()
+	other.req(nbd.CmdRead, 0, 2, 0, 512, nil)
+	if e, c := other.simple(); e != 0 || c != 2 {
+		t.Fatalf("the other client after the panic: error %d cookie %d", e, c)
+	}
+	var b [512]byte
+	other.read(b[:])
+	again := dial(t, addr)
+	again.goTo("", false)
+	again.req(nbd.CmdFlush, 0, 3, 0, 0, nil)
+	if e, _ := again.simple(); e != 0 {
+		t.Fatalf("a new client after the panic: error %d", e)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(logged) == 0 || !strings.Contains(logged[0], "driver bug") {
+		t.Fatalf("panic not logged: %q", logged)
 	}
 }
