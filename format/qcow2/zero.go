@@ -55,13 +55,13 @@ func (img *Image) zeroClusters(start, end int64, unmap bool) error {
 		var want l2e
 		needZero := img.backing != nil
 		switch {
-		case !needZero && !unmap && img.inPlace(e) && !img.ext:
+		case !needZero && !unmap && img.inPlace(e, 0, img.cs) && !img.ext:
 			want = l2e{d: e.d | flagZero}
 		case needZero && img.ext:
 			want = l2e{bm: 0xffffffff << 32}
 		case needZero:
 			want = l2e{d: flagZero}
-		case !unmap && img.inPlace(e) && !img.ext:
+		case !unmap && img.inPlace(e, 0, img.cs) && !img.ext:
 			want = l2e{d: e.d | flagZero}
 		}
 		if e == want {

@@ -102,6 +102,12 @@ func (m *Image) Check(mode block.RepairMode) (*block.CheckResult, error) {
 		res.Leaks += int((trailing + m.blockTotal - 1) / m.blockTotal)
 		msg("Leaked space of %d bytes at %#x, before the footer (a block allocation interrupted by a crash)", trailing, end)
 	}
+	if fixLeak && len(m.badEntry) > 0 && (len(gaps) > 0 || trailing > 0) {
+		// Blocks are only moved, and the file only cut, once the table
+		// can be trusted.
+		msg("Leaked space not reclaimed while the BAT has bad entries; 'vdisk check -r all' repairs both")
+		fixLeak = false
+	}
 	if fixLeak && len(gaps) > 0 {
 		moved, err := m.compact(gaps)
 		if moved > 0 {
@@ -178,15 +184,23 @@ func (r region) len() int64 { return r.end - r.start }
 // data) that can hold at least one block, in file order, and counts the
 // valid blocks.
 func (m *Image) gaps(fsize int64) ([]region, int64) {
-	var blocks []region
+	var blocks, bad []region
 	m.batMu.RLock()
 	for i, e := range m.bat {
-		if e != batUnused && m.badEntry[uint32(i)] == "" {
-			blocks = append(blocks, region{int64(e) * sectorSize, int64(e)*sectorSize + m.blockTotal, "block"})
+		if e == batUnused {
+			continue
+		}
+		r := region{int64(e) * sectorSize, int64(e)*sectorSize + m.blockTotal, "block"}
+		if m.badEntry[uint32(i)] == "" {
+			blocks = append(blocks, r)
+		} else if r.start < fsize {
+			// Not trusted, but not free either: what a bad entry points
+			// at may be data a repair of the table could still want.
+			bad = append(bad, region{r.start, min(r.end, fsize), "bad block"})
 		}
 	}
 	m.batMu.RUnlock()
-	used := append(m.reserved(fsize, blocks), blocks...)
+	used := append(append(m.reserved(fsize, blocks), blocks...), bad...)
 	alloc := int64(len(blocks))
 	sort.Slice(used, func(a, b int) bool { return used[a].start < used[b].start })
 	var gaps []region

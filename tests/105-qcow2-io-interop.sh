@@ -2,8 +2,8 @@
 # vdisk io against qemu-io on qcow2 images (timing lines dropped): the same
 # output, including info's vm state offset, and images with the same
 # content. (Not the same allocation: on v3 images without a backing file,
-# QEMU leaves zero clusters where vdisk unmaps, and it allocates extended
-# L2 subclusters singly where vdisk allocates whole clusters.)
+# write -z and discard leave QEMU's clusters as zero clusters, vdisk's
+# unallocated; both read zeros.)
 # needs: qemu-img qemu-io
 cmds=(-c 'write -P 0xab 0 4k' -c 'read -P 0xab 0 4k' -c 'read -P 0xac 0 4k' -c 'read -v 4090 40'
 	-c 'write 100k 1000' -c 'write -P 7 1M 192k' -c 'write -z 1088k 64k' -c 'discard 1152k 64k'
