@@ -2,7 +2,8 @@
 # vdisk serve flags the other tests leave out: --bind to an address other
 # than the default, -x/-D (name and description of FILE), SIGINT; qcow2
 # and vhd exports over TCP (the data extents qemu-img map finds over the
-# export are the file's); vdisk check on an nbd:// export of a qcow2 file.
+# export are the file's); vdisk check on an nbd:// export of a qcow2 file;
+# info says the disk size of an export is unavailable, as qemu-img does.
 # needs: qemu-img qemu-io nbdinfo jq
 . "$SRC_DIR/nbd-common.inc"
 
@@ -39,4 +40,8 @@ echo "== vdisk check over nbd://, the export carrying the qcow2 file's bytes"
 start_serve -f raw -t -p $PORT a.qcow2
 $VDISK check -f qcow2 "nbd://127.0.0.1:$PORT"; echo "exit $?"
 $VDISK check --output json -f qcow2 "nbd://127.0.0.1:$PORT" | jq -c '{format, "check-errors", "allocated-clusters"}'
+echo "== an export cannot tell its disk size: unavailable, as qemu-img says"
+$VDISK info -f qcow2 "nbd://127.0.0.1:$PORT" | grep 'disk size'
+qemu-img info -f raw "nbd://127.0.0.1:$PORT" | grep 'disk size'
+$VDISK info --output json -f qcow2 "nbd://127.0.0.1:$PORT" | jq -c 'has("actual-size")'
 stop_serve

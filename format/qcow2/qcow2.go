@@ -338,6 +338,8 @@ func (img *Image) Info() (*block.Info, error) {
 		if n, err := a.AllocatedSize(); err == nil {
 			info.ActualSize = n
 		}
+	} else {
+		info.ActualSizeUnknown = true
 	}
 	for _, s := range img.snapshots {
 		info.Snapshots = append(info.Snapshots, s.info())
