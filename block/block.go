@@ -140,10 +140,13 @@ type CheckResult struct {
 
 // Info is what `vdisk info` reports. JSON keys are qemu-img's.
 type Info struct {
-	Filename            string          `json:"filename"`
-	Format              string          `json:"format"`
-	VirtualSize         int64           `json:"virtual-size"`
-	ActualSize          int64           `json:"actual-size,omitempty"`
+	Filename    string `json:"filename"`
+	Format      string `json:"format"`
+	VirtualSize int64  `json:"virtual-size"`
+	ActualSize  int64  `json:"actual-size,omitempty"`
+	// ActualSizeUnknown: the container cannot tell how much space it
+	// takes (an NBD export); qemu-img then says "unavailable".
+	ActualSizeUnknown   bool            `json:"-"`
 	ClusterSize         int64           `json:"cluster-size,omitempty"`
 	Dirty               bool            `json:"dirty-flag"`
 	Encrypted           bool            `json:"encrypted,omitempty"`

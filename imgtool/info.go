@@ -55,7 +55,9 @@ func InfoDict(in *block.Info) *Dict {
 	d.Set("filename", in.Filename)
 	d.Set("format", in.Format)
 	d.Set("dirty-flag", in.Dirty)
-	d.Set("actual-size", in.ActualSize)
+	if !in.ActualSizeUnknown {
+		d.Set("actual-size", in.ActualSize)
+	}
 	d.Set("virtual-size", in.VirtualSize)
 	if in.ClusterSize != 0 {
 		d.Set("cluster-size", in.ClusterSize)
@@ -123,7 +125,11 @@ func infoHuman(in *block.Info) string {
 	fmt.Fprintf(&b, "image: %s\n", in.Filename)
 	fmt.Fprintf(&b, "file format: %s\n", in.Format)
 	fmt.Fprintf(&b, "virtual size: %s (%d bytes)\n", block.FormatSize(in.VirtualSize), in.VirtualSize)
-	fmt.Fprintf(&b, "disk size: %s\n", block.FormatSize(in.ActualSize))
+	if in.ActualSizeUnknown {
+		b.WriteString("disk size: unavailable\n")
+	} else {
+		fmt.Fprintf(&b, "disk size: %s\n", block.FormatSize(in.ActualSize))
+	}
 	if in.Encrypted {
 		b.WriteString("encrypted: yes\n")
 	}

@@ -324,7 +324,11 @@ func (q *IO) info() error {
 	}
 	fmt.Fprintf(q.Out, "format name: %s\n", in.Format)
 	fmt.Fprintf(q.Out, "cluster size: %s\n", Cvtstr(float64(in.ClusterSize)))
-	fmt.Fprintf(q.Out, "vm state offset: %s\n", Cvtstr(0))
+	var vmState int64
+	if v, ok := q.Img.(interface{ VMStateOffset() int64 }); ok {
+		vmState = v.VMStateOffset()
+	}
+	fmt.Fprintf(q.Out, "vm state offset: %s\n", Cvtstr(float64(vmState)))
 	if in.FormatSpecific != nil {
 		var b strings.Builder
 		dumpHuman(&b, toQ(in.FormatSpecific.Data), 1)

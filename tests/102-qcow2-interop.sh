@@ -64,3 +64,6 @@ qemu-img bitmap --add bm.qcow2 b0
 qemu-img bitmap --add bm.qcow2 b1
 qemu-io -c 'write 2M 1M' bm.qcow2 >/dev/null
 agree "bitmaps check" check bm.qcow2
+qemu-img bitmap --add --granularity 128k --disable bm.qcow2 b2
+agree "bitmaps info" info bm.qcow2
+[ "$(qemu-img info --output json bm.qcow2 | grep -v actual-size)" == "$($VDISK info --output json bm.qcow2 | grep -v actual-size)" ] && echo "bitmaps info json: agree"

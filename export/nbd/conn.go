@@ -121,7 +121,7 @@ func (c *conn) serve() error {
 			// status queries over a sparse image. Only when nothing else
 			// runs: requests already in progress are never held up.
 			c.acquire(0)
-			err := c.blockStatus(req)
+			err := c.handleSafely(req, nil)
 			c.release(0)
 			if err != nil {
 				return err
@@ -152,7 +152,7 @@ func (c *conn) serve() error {
 func (c *conn) work() {
 	defer c.wg.Done()
 	for j := range c.jobs {
-		err := c.handle(j.req, j.payload)
+		err := c.handleSafely(j.req, j.payload)
 		if j.payload != nil {
 			putBuf(j.payload)
 		}
@@ -163,6 +163,19 @@ func (c *conn) work() {
 			c.conn.Close()
 		}
 	}
+}
+
+// handleSafely runs one request. A panic in a driver ends this client's
+// connection, not the server with every other client, and never shows the
+// user a Go stack trace.
+func (c *conn) handleSafely(req nbd.Request, payload *[]byte) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("internal error in %s at %d+%d: %v", nbd.CmdName(req.Type), req.Offset, req.Length, r)
+			c.srv.logf("%v", err)
+		}
+	}()
+	return c.handle(req, payload)
 }
 
 // validate checks a request against the export before anything is done

@@ -154,6 +154,7 @@ func (img *Image) applyPending() error {
 	}
 	sort.Slice(idx, func(a, b int) bool { return idx[a] < idx[b] })
 	var freed []int64
+	img.pendingFrees = 0
 	for _, c := range idx {
 		d := img.pending[c]
 		delete(img.pending, c)

@@ -2,6 +2,8 @@ package qcow2
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"vdisk/block"
@@ -50,6 +52,7 @@ type checker struct {
 	img       *Image
 	refs      []uint32
 	beyond    map[int64]uint32 // references past the end of the file
+	fsize     int64
 	res       *block.CheckResult
 	allocated int64
 	frag      int64
@@ -81,6 +84,23 @@ func (c *checker) inc(off, n int64) {
 	}
 }
 
+// loadL2 loads an L2 table for the check. A table cut short by the end of
+// the file is read zero-padded, as qemu-img does: what its present part
+// references must still count, or those clusters would look leaked and a
+// repair would free them (and the table would point at whatever reuses
+// them once the file grows again).
+func (c *checker) loadL2(off int64) (*table, error) {
+	img := c.img
+	if off+img.cs <= c.fsize {
+		return img.loadTable(img.l2c, off, "L2 table")
+	}
+	buf := make([]byte, img.cs)
+	if err := readFull(img.f, buf[:c.fsize-off], off); err != nil {
+		return nil, fmt.Errorf("qcow2: L2 table at %#x: %w", off, err)
+	}
+	return &table{off: off, buf: buf}, nil
+}
+
 // walkL1 counts an L1 table's references; active adds allocation and
 // fragmentation statistics as qemu-img does.
 func (c *checker) walkL1(l1 []uint64, active bool) {
@@ -99,7 +119,7 @@ func (c *checker) walkL1(l1 []uint64, active bool) {
 			c.errorf("ERROR l2_offset=%x: L2 table beyond the end of the image file (L1 index %d)", l2off, i)
 			continue
 		}
-		t, err := img.loadTable(img.l2c, l2off, "L2 table")
+		t, err := c.loadL2(l2off)
 		if err != nil {
 			c.res.CheckErrors++
 			c.res.Messages = append(c.res.Messages, fmt.Sprintf("ERROR: %v", err))
@@ -159,7 +179,7 @@ func (img *Image) computeRefs(res *block.CheckResult, withRefcounts bool) (*chec
 	if n > maxCheckClusters {
 		return nil, fmt.Errorf("qcow2: image file too large to check (%d clusters)", n)
 	}
-	c := &checker{img: img, refs: make([]uint32, n), beyond: map[int64]uint32{}, res: res}
+	c := &checker{img: img, refs: make([]uint32, n), beyond: map[int64]uint32{}, res: res, fsize: fsize}
 	c.inc(0, img.cs)
 	h := img.h
 	c.inc(int64(h.l1Offset), int64(len(img.l1))*8)
@@ -225,6 +245,15 @@ func (img *Image) checkLocked(mode block.RepairMode, rebuild bool) (*block.Check
 		return nil, err
 	}
 	if mode == block.RepairNone && !rebuild {
+		return res, nil
+	}
+	// A table that could not be read hides references: the clusters it
+	// points to look leaked, and repairing would free live data. QEMU
+	// repairs nothing after such a failure either.
+	if res.CheckErrors > 0 {
+		if rebuild {
+			return nil, fmt.Errorf("qcow2: cannot rebuild the refcounts of a dirty image: %d tables could not be read", res.CheckErrors)
+		}
 		return res, nil
 	}
 	// As in QEMU, COPIED flags are judged after the refcounts are repaired,
@@ -309,8 +338,10 @@ func (img *Image) checkPass() (*block.CheckResult, bool, int, error) {
 			res.Messages = append(res.Messages, fmt.Sprintf("Leaked cluster %d refcount=%d reference=%d", cl, rc, ref))
 		}
 	}
-	for cl, ref := range c.beyond {
-		c.errorf("ERROR cluster %d refcount=0 reference=%d (beyond the end of the file)", cl, ref)
+	// In cluster order, so that output is the same from run to run.
+	for _, cl := range slices.Sorted(maps.Keys(c.beyond)) {
+		rc, _ := img.refcount(cl)
+		c.errorf("ERROR cluster %d refcount=%d reference=%d (beyond the end of the file)", cl, rc, c.beyond[cl])
 	}
 	// Refcounts of clusters past the end of the file.
 	img.scanBeyond(int64(len(c.refs)), func(cl int64, rc uint64) {
@@ -334,7 +365,7 @@ func (img *Image) checkPass() (*block.CheckResult, bool, int, error) {
 			c.errorf("ERROR OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d", i, e1, rc)
 			copiedErrs++
 		}
-		t, err := img.loadTable(img.l2c, l2off, "L2 table")
+		t, err := c.loadL2(l2off)
 		if err != nil {
 			continue
 		}
@@ -369,6 +400,9 @@ func (img *Image) fixRefcountsInPlace(mode block.RepairMode) error {
 	if err != nil {
 		return err
 	}
+	if res.CheckErrors > 0 {
+		return fmt.Errorf("qcow2: not repairing refcounts: %d tables could not be read", res.CheckErrors)
+	}
 	for cl := int64(0); cl < int64(len(c.refs)); cl++ {
 		ref := uint64(c.refs[cl])
 		rc, err := img.refcount(cl)
@@ -383,7 +417,14 @@ func (img *Image) fixRefcountsInPlace(mode block.RepairMode) error {
 	}
 	if mode&block.RepairLeaks != 0 {
 		var leaked []int64
-		img.scanBeyond(int64(len(c.refs)), func(cl int64, _ uint64) { leaked = append(leaked, cl) })
+		img.scanBeyond(int64(len(c.refs)), func(cl int64, _ uint64) {
+			// Referenced clusters the file lacks are corruptions that
+			// stay; freeing them would let the next allocation land
+			// under the references.
+			if c.beyond[cl] == 0 {
+				leaked = append(leaked, cl)
+			}
+		})
 		for _, cl := range leaked {
 			if err := img.setRefcount(cl, 0); err != nil {
 				return err
@@ -402,6 +443,9 @@ func (img *Image) rebuildRefcounts() error {
 	c, err := img.computeRefs(res, false)
 	if err != nil {
 		return err
+	}
+	if res.CheckErrors > 0 {
+		return fmt.Errorf("qcow2: not rebuilding refcounts: %d tables could not be read", res.CheckErrors)
 	}
 	end := int64(1)
 	for cl := int64(len(c.refs)) - 1; cl >= 0; cl-- {
@@ -469,6 +513,7 @@ func (img *Image) rebuildRefcounts() error {
 	img.rtDirty, img.rtMoved = false, false
 	img.rbc.clear()
 	img.pending = map[int64]int64{}
+	img.pendingFrees = 0
 	img.freeHint = 0
 	img.compNext = 0
 	return nil

@@ -1,13 +1,19 @@
 package qcow2_test
 
 import (
+	"bytes"
 	"encoding/binary"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"vdisk/block"
+	"vdisk/format/qcow2"
+	"vdisk/protocol/file"
 )
 
 func poke(t *testing.T, name string, off int64, b []byte) {
@@ -183,5 +189,91 @@ func TestWriteRefusesMetadataOverlap(t *testing.T) {
 	defer img2.Close()
 	if _, err := img2.WriteAt(make([]byte, 512), 0); err == nil || !strings.Contains(err.Error(), "overlaps") {
 		t.Fatalf("write through an L2 table overlapping L1: %v", err)
+	}
+}
+
+// truncatedImage has its only L2 table (at 256k) cut short by the end of
+// the file, and the 1 MiB of data it maps (from 320k) gone.
+func truncatedImage(t *testing.T) string {
+	name := filepath.Join(t.TempDir(), "t.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", name, "8M")
+	qemuIO(t, name, "qcow2", "write -P 1 0 1M")
+	if err := os.Truncate(name, 300<<10); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+// A table the end of the file cuts short is read zero-padded, as qemu-img
+// does: what it references is corruption, not leaks, and no repair mode
+// touches the file (freeing those clusters would put the next allocation
+// under the table's references).
+func TestCheckTruncatedL2(t *testing.T) {
+	name := truncatedImage(t)
+	before, _ := os.ReadFile(name)
+	if err := exec.Command("qemu-img", "check", "-q", name).Run(); err == nil {
+		t.Fatal("qemu-img check finds the truncated image clean")
+	} else if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+		t.Fatalf("qemu-img check: %v", err)
+	}
+	for _, mode := range []block.RepairMode{block.RepairNone, block.RepairLeaks, block.RepairAll} {
+		res := checkImage(t, name, mode)
+		if res.Corruptions != 16 || res.Leaks != 0 || res.CheckErrors != 0 || res.ImageEndOffset != 320<<10 {
+			t.Fatalf("mode %v: %+v", mode, res)
+		}
+		for i, m := range res.Messages {
+			if want := fmt.Sprintf("ERROR cluster %d refcount=1 reference=1 (beyond the end of the file)", 5+i%16); m != want {
+				t.Fatalf("mode %v: message %d is %q, want %q", mode, i, m, want)
+			}
+		}
+		if after, _ := os.ReadFile(name); !bytes.Equal(after, before) {
+			t.Fatalf("mode %v changed the file", mode)
+		}
+	}
+}
+
+// failingFile fails reads of the cluster at one offset, as a bad sector
+// would.
+type failingFile struct {
+	block.File
+	bad int64
+}
+
+func (f *failingFile) ReadAt(p []byte, off int64) (int, error) {
+	if off == f.bad {
+		return 0, syscall.EIO
+	}
+	return f.File.ReadAt(p, off)
+}
+
+// A table that cannot be read hides references; its clusters look leaked,
+// and a repair would free live data. The check reports the failure and
+// repairs nothing, as qemu-img does.
+func TestCheckNoRepairAfterReadError(t *testing.T) {
+	name := leakyImage(t)
+	poke(t, name, 128<<10+2*9, be16(1)) // a real leak too, which must wait
+	before, _ := os.ReadFile(name)
+	f, err := file.Open(name, block.OpenFlags{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := qcow2.Open(&failingFile{File: f, bad: 256 << 10}, &block.OpenOptions{Format: "qcow2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []block.RepairMode{block.RepairLeaks, block.RepairAll} {
+		res, err := img.(block.Checker).Check(mode)
+		if err == nil && res.CheckErrors == 0 {
+			t.Fatalf("mode %v: check of an unreadable L2 table succeeded: %+v", mode, res)
+		}
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := os.ReadFile(name); !bytes.Equal(after, before) {
+		t.Fatal("a check that could not read a table changed the image")
+	}
+	if res := checkImage(t, name, block.RepairNone); res.Leaks != 1 || res.Corruptions != 0 {
+		t.Fatalf("after the failed repairs: %+v", res)
 	}
 }

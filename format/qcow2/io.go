@@ -179,6 +179,9 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 	if img.corrupt {
 		return 0, img.errCorrupted()
 	}
+	if err := img.reusePendingFrees(((off + int64(len(p)) - 1) >> img.cbits) - (off >> img.cbits) + 1); err != nil {
+		return 0, err
+	}
 	if err := img.writeLocked(p, off); err != nil {
 		return 0, err
 	}
@@ -186,6 +189,30 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// reusePendingFrees makes clusters freed since the last flush (by discard,
+// or by overwriting compressed or shared clusters) allocatable before an
+// allocation would grow the file instead: they can only be reused once the
+// metadata that dropped their references is durable, which a flush
+// ensures. Without this, a discard followed by writes grows the file, and
+// a qcow2 file on a container of fixed size (an NBD export) runs out of
+// room though it has free clusters. n is the number of clusters the write
+// spans, which it allocates in one run where it can. img.mu held
+// exclusively.
+func (img *Image) reusePendingFrees(n int64) error {
+	if img.pendingFrees < n {
+		return nil // decrements that free nothing (a shared cluster copied) are no reason to flush
+	}
+	fsize, err := img.f.Size()
+	if err != nil {
+		return err
+	}
+	c, err := img.findFree(n)
+	if err != nil || (c+n)<<img.cbits <= fsize {
+		return nil // room below the end of the file, or let the write report it
+	}
+	return img.flushLocked(false)
 }
 
 // inPlace reports whether a write to bytes [from, to) of the cluster of e

@@ -94,6 +94,7 @@ type Image struct {
 	tables              atomic.Pointer[tableIndex]
 	backing             block.Image
 	pending             map[int64]int64 // cluster index -> refcount decrements due after the next metadata sync
+	pendingFrees        int64           // about how many pending clusters the decrements free
 	freeHint            int64           // no free cluster below this index
 	reserved            [][2]int64      // cluster ranges being allocated, not yet counted
 	compNext            int64           // next free byte in the cluster compressed data is packed into, 0 = none
@@ -307,7 +308,15 @@ func (img *Image) writeHeader() error {
 	return nil
 }
 
-func (img *Image) Size() int64          { return img.size.Load() }
+func (img *Image) Size() int64 { return img.size.Load() }
+
+// VMStateOffset is where QEMU keeps the VM state of a snapshot in the
+// guest address space: the first byte past what the L1 table maps for the
+// virtual size. qemu-io's info prints it.
+func (img *Image) VMStateOffset() int64 {
+	span := img.cs << img.l2Bits
+	return (img.Size() + span - 1) / span * span
+}
 func (img *Image) ReadOnly() bool       { return img.ro }
 func (img *Image) Backing() block.Image { return img.backing }
 
@@ -332,6 +341,8 @@ func (img *Image) Info() (*block.Info, error) {
 		if n, err := a.AllocatedSize(); err == nil {
 			info.ActualSize = n
 		}
+	} else {
+		info.ActualSizeUnknown = true
 	}
 	for _, s := range img.snapshots {
 		info.Snapshots = append(info.Snapshots, s.info())
@@ -345,13 +356,65 @@ func (img *Image) Info() (*block.Info, error) {
 		d = d.Add("compat", "0.10").Add("compression-type", comp).Add("refcount-bits", 1<<img.rcBits)
 	} else {
 		d = d.Add("compat", "1.1").Add("compression-type", comp).
-			Add("lazy-refcounts", h.compatible&compatLazyRefcounts != 0).
-			Add("refcount-bits", 1<<img.rcBits).
+			Add("lazy-refcounts", h.compatible&compatLazyRefcounts != 0)
+		if bms := img.bitmapInfo(); len(bms) > 0 {
+			d = d.Add("bitmaps", bms)
+		}
+		d = d.Add("refcount-bits", 1<<img.rcBits).
 			Add("corrupt", h.incompatible&incCorrupt != 0).
 			Add("extended-l2", img.ext)
 	}
 	info.FormatSpecific = &block.FormatSpecific{Type: "qcow2", Data: d}
 	return info, nil
+}
+
+// bitmapInfo lists the persistent dirty bitmaps as qemu-img info does
+// (flags, name, granularity), while the autoclear bit says the bitmap
+// extension is valid. A damaged directory lists nothing; check reports it.
+func (img *Image) bitmapInfo() []any {
+	if img.h.autoclear&autoclearBitmaps == 0 {
+		return nil
+	}
+	var ext []byte
+	for _, e := range img.h.exts {
+		if e.typ == extBitmaps {
+			ext = e.data
+		}
+	}
+	if len(ext) < 24 {
+		return nil
+	}
+	nb, dirSize, dirOff := be32(ext), be64(ext[8:]), be64(ext[16:])
+	if nb == 0 || nb > 65535 || dirSize > 64<<20 || dirOff&uint64(img.cs-1) != 0 {
+		return nil
+	}
+	dir := make([]byte, dirSize)
+	if err := readFull(img.f, dir, int64(dirOff)); err != nil {
+		return nil
+	}
+	var list []any
+	for i, p := uint32(0), uint64(0); i < nb; i++ {
+		if p+24 > dirSize {
+			return nil
+		}
+		e := dir[p:]
+		flags, gbits := be32(e[12:]), e[17]
+		nameSize, extra := uint64(be16(e[18:])), uint64(be32(e[20:]))
+		if 24+extra+nameSize > uint64(len(e)) || gbits > 63 {
+			return nil
+		}
+		names := []any{}
+		if flags&1 != 0 {
+			names = append(names, "in-use")
+		}
+		if flags&2 != 0 {
+			names = append(names, "auto")
+		}
+		name := string(e[24+extra : 24+extra+nameSize])
+		list = append(list, block.OrderedMap{}.Add("flags", names).Add("name", name).Add("granularity", int64(1)<<gbits))
+		p += (24 + extra + nameSize + 7) &^ 7
+	}
+	return list
 }
 
 // Close writes back metadata, clears the dirty bit of lazy refcounts and

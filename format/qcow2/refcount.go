@@ -211,6 +211,12 @@ func (img *Image) free(off, n int64) {
 	}
 	for c := off >> img.cbits; c <= (off+n-1)>>img.cbits; c++ {
 		img.pending[c]++
+		// Counted when its last reference goes; an estimate (refcounts
+		// may change before the flush) that only decides whether a
+		// flush to reuse freed space is worth it.
+		if rc, err := img.refcount(c); err == nil && uint64(img.pending[c]) == rc {
+			img.pendingFrees++
+		}
 	}
 }
 

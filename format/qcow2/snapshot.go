@@ -365,9 +365,19 @@ func (img *Image) clearCopied() error {
 // and the L2 tables it owns. Pending decrements must be applied.
 func (img *Image) fixCopied() (int, error) {
 	fixed := 0
+	fsize, err := img.f.Size()
+	if err != nil {
+		return 0, err
+	}
 	for i, e1 := range img.l1 {
 		l2off := int64(e1 & offsetMask)
 		if l2off == 0 {
+			continue
+		}
+		// A table the end of the file cuts short stays as it is, as in
+		// QEMU: rewriting it would grow the file under references that
+		// the check could not account for.
+		if l2off+img.cs > fsize {
 			continue
 		}
 		rc, err := img.refcount(l2off >> img.cbits)

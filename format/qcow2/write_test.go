@@ -12,6 +12,7 @@ import (
 
 	"vdisk/block"
 	"vdisk/format/qcow2"
+	"vdisk/protocol/file"
 )
 
 func createOpts(t testing.TB, opts string, size int64) block.Options {
@@ -359,6 +360,68 @@ func TestRefcountGrowth(t *testing.T) {
 			}
 		})
 	}
+}
+
+// fixedFile is a container that cannot grow, like an NBD export.
+type fixedFile struct {
+	block.File
+	size int64
+}
+
+func (f *fixedFile) WriteAt(p []byte, off int64) (int, error) {
+	if off+int64(len(p)) > f.size {
+		return 0, fmt.Errorf("write at %d+%d beyond the fixed end %d", off, len(p), f.size)
+	}
+	return f.File.WriteAt(p, off)
+}
+
+func (f *fixedFile) Truncate(n int64) error {
+	if n > f.size {
+		return fmt.Errorf("cannot grow to %d", n)
+	}
+	return nil
+}
+
+// Clusters freed by a discard are reused by the writes that follow in the
+// same session, before the file would grow: the file keeps its size, and
+// a qcow2 file on a container of fixed size (qemu-nbd, as mkfs does it:
+// discard everything, then write) keeps working.
+func TestDiscardedClustersReused(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "r.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "preallocation=metadata", name, "8M")
+	st, err := os.Stat(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := file.Open(name, block.OpenFlags{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := qcow2.Open(&fixedFile{File: f, size: st.Size()}, &block.OpenOptions{Format: "qcow2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte{0x5a}, 3<<20)
+	for round := 0; round < 3; round++ {
+		if err := img.Discard(0, 8<<20); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := img.WriteAt(data, int64(round)<<20); err != nil {
+			t.Fatalf("round %d: write after discard: %v", round, err)
+		}
+		if _, err := img.WriteAt(data[:4096], 7<<20+512); err != nil {
+			t.Fatalf("round %d: partial write after discard: %v", round, err)
+		}
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if st2, _ := os.Stat(name); st2.Size() != st.Size() {
+		t.Fatalf("file grew from %d to %d", st.Size(), st2.Size())
+	}
+	qemuCheck(t, name)
+	qemuIO(t, name, "qcow2", "read -P 0 0 2M", "read -P 0x5a 2M 3M", "read -P 0 5M 2M", "read -P 0 7M 512",
+		"read -P 0x5a 7340544 4096", "read -P 0 7344640 1043968")
 }
 
 // TestExtendedL2PartialWritesLikeQemu makes the same small writes to two

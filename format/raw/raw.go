@@ -280,6 +280,8 @@ func (m *Image) Info() (*block.Info, error) {
 		if n, err := a.AllocatedSize(); err == nil {
 			info.ActualSize = n
 		}
+	} else {
+		info.ActualSizeUnknown = true
 	}
 	return info, nil
 }

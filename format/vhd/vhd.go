@@ -349,6 +349,8 @@ func (m *Image) Info() (*block.Info, error) {
 		if n, err := a.AllocatedSize(); err == nil {
 			info.ActualSize = n
 		}
+	} else {
+		info.ActualSizeUnknown = true
 	}
 	d := block.OrderedMap{}.Add("subformat", ft.typeName())
 	if m.hdr != nil {
