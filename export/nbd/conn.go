@@ -77,9 +77,15 @@ func (c *conn) serve() error {
 	defer c.wg.Wait()
 	defer close(c.jobs)
 	r := newReader(c.conn)
+	shut := c.srv.shutdownCh()
 	var hdr [nbd.RequestSize]byte
 	for {
 		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			select {
+			case <-shut:
+				return nil // the grace period ran out
+			default:
+			}
 			return err
 		}
 		req, err := nbd.ParseRequest(hdr[:])
@@ -90,6 +96,13 @@ func (c *conn) serve() error {
 			return nil
 		}
 		errno, msg := c.validate(req)
+		select {
+		case <-shut:
+			if errno == 0 {
+				errno, msg = nbd.ESHUTDOWN, "server is shutting down"
+			}
+		default:
+		}
 		var payload *[]byte
 		var cost int64
 		inflight := 0

@@ -91,12 +91,34 @@ type Server struct {
 	OnIdle func()
 	// Logf receives diagnostics about misbehaving clients; nil discards them.
 	Logf func(format string, args ...any)
+	// ShutdownGrace is how long Shutdown lets clients take their leave
+	// (the spec's soft disconnect) before it closes their connections; 0
+	// means 2 seconds.
+	ShutdownGrace time.Duration
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]struct{}
 	closed    bool
+	shutting  chan struct{} // closed by Shutdown
 	wg        sync.WaitGroup
+}
+
+// shutdownCh is closed when Shutdown begins.
+func (s *Server) shutdownCh() chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutting == nil {
+		s.shutting = make(chan struct{})
+	}
+	return s.shutting
+}
+
+func (s *Server) grace() time.Duration {
+	if s.ShutdownGrace > 0 {
+		return s.ShutdownGrace
+	}
+	return 2 * time.Second
 }
 
 // maxInFlightBytes bounds the request buffers one connection holds at once.
@@ -192,19 +214,40 @@ func (s *Server) ServeConn(c net.Conn) {
 	s.serveConn(c)
 }
 
-// Shutdown closes the listeners and every connection, and waits until
-// all requests in progress have finished.
+// Shutdown closes the listeners and disconnects every client softly, as
+// the NBD spec asks of a server going away: requests in progress finish
+// and are answered, later ones get NBD_ESHUTDOWN, and a connection ends
+// when its client disconnects or the grace period runs out. Shutdown
+// returns when every connection has ended.
 func (s *Server) Shutdown() {
+	shut := s.shutdownCh()
 	s.mu.Lock()
-	s.closed = true
+	if !s.closed {
+		s.closed = true
+		close(shut)
+	}
 	for l := range s.listeners {
 		l.Close()
 	}
+	deadline := time.Now().Add(s.grace())
+	for c := range s.conns {
+		// Wakes a read loop waiting for the next request at the deadline.
+		c.SetReadDeadline(deadline)
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-time.After(time.Until(deadline) + 100*time.Millisecond):
+	}
+	s.mu.Lock()
 	for c := range s.conns {
 		c.Close()
 	}
 	s.mu.Unlock()
-	s.wg.Wait()
+	<-done
 }
 
 func (s *Server) maxPayload() uint32 {
@@ -243,6 +286,13 @@ func (s *Server) serveConn(raw net.Conn) {
 		return
 	}
 	raw.SetDeadline(time.Time{})
+	select {
+	case <-s.shutdownCh():
+		// Shutdown began during the handshake: its deadline was just
+		// cleared.
+		raw.SetReadDeadline(time.Now().Add(s.grace()))
+	default:
+	}
 	if wb, ok := raw.(interface{ SetWriteBuffer(int) error }); ok {
 		// A read reply (up to 32 MiB) rarely fits the default socket
 		// buffer (208 KiB); each time it fills, the sender parks and waits
