@@ -299,10 +299,11 @@ func (d *Daemon) lookup(name string) (*Unit, error) {
 		rdev = st.Rdev
 	}
 	for _, u := range d.units {
-		if u.dev == nil {
+		ud := u.device()
+		if ud == nil {
 			continue
 		}
-		if u.dev.Path == dev || (rdev != 0 && u.dev.Rdev == rdev) {
+		if ud.Path == dev || (rdev != 0 && ud.Rdev == rdev) {
 			return u, nil
 		}
 	}
@@ -466,12 +467,14 @@ func (d *Daemon) saveState() {
 	s := state{PID: os.Getpid(), Units: []stateEntry{}}
 	for _, u := range d.units {
 		e := stateEntry{Unit: u.Name(), File: u.File, Loop: -1}
+		u.fmu.RLock()
 		if u.dev != nil {
 			e.Device, e.Loop = u.dev.Path, u.dev.Num
 		}
 		if u.export != nil {
 			e.Mount = u.export.Dir()
 		}
+		u.fmu.RUnlock()
 		s.Units = append(s.Units, e)
 	}
 	d.mu.Unlock()

@@ -41,12 +41,26 @@ type Unit struct {
 	ptFile *os.File
 
 	mu sync.Mutex // serializes detach
+	// fmu guards dev, export and statFile against readers other than
+	// detach (list, stat, lookup by device, the state file), which must
+	// not wait for a detach (it can take half a minute) yet run while
+	// one clears the fields and closes what they hold.
+	fmu sync.RWMutex
+}
+
+// device returns the loop device, or nil once detached.
+func (u *Unit) device() *loop.Device {
+	u.fmu.RLock()
+	defer u.fmu.RUnlock()
+	return u.dev
 }
 
 // Name is vdN.
 func (u *Unit) Name() string { return "vd" + strconv.Itoa(u.ID) }
 
 func (u *Unit) info() ctl.UnitInfo {
+	u.fmu.RLock()
+	defer u.fmu.RUnlock()
 	in := ctl.UnitInfo{
 		Unit:        u.Name(),
 		File:        u.File,
@@ -232,6 +246,10 @@ func passthroughFile(img block.Image, a *ctl.AttachArgs) *os.File {
 
 // stat is the fstat of the image file.
 func (u *Unit) stat() (*ctl.FileStat, error) {
+	// Held across the fstat: detach closes statFile only after taking
+	// fmu, so the descriptor cannot be closed (and reused) under it.
+	u.fmu.RLock()
+	defer u.fmu.RUnlock()
 	var st unix.Stat_t
 	type filer interface{ File() block.File }
 	done := false
@@ -303,7 +321,9 @@ func (u *Unit) detach(force bool) error {
 				force = true
 			}
 		}
+		u.fmu.Lock()
 		u.dev = nil
+		u.fmu.Unlock()
 	}
 	if u.img != nil && !u.ReadOnly {
 		if err := u.img.Flush(); err != nil {
@@ -315,15 +335,20 @@ func (u *Unit) detach(force bool) error {
 			errs = append(errs, err)
 		}
 		os.Remove(u.export.Dir())
+		u.fmu.Lock()
 		u.export = nil
+		u.fmu.Unlock()
 	}
 	if u.ptFile != nil {
 		u.ptFile.Close()
 		u.ptFile = nil
 	}
 	if u.statFile != nil {
-		u.statFile.Close()
+		u.fmu.Lock()
+		sf := u.statFile
 		u.statFile = nil
+		u.fmu.Unlock()
+		sf.Close()
 	}
 	if u.img != nil {
 		if err := u.img.Close(); err != nil {

@@ -1,0 +1,55 @@
+package attach
+
+import (
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+
+	"vdisk/format/mem"
+)
+
+// TestInfoStatDuringDetach runs list's and stat's view of a unit while it
+// is detached: they must not read the fields detach clears unguarded (the
+// race detector catches that), nor fstat a descriptor detach closed.
+func TestInfoStatDuringDetach(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(file, make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for round := 0; round < 20; round++ {
+		sf, err := os.Open(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u := &Unit{ID: 7, File: file, SecBits: 9, img: mem.New(1 << 20), statFile: sf}
+		var stop atomic.Bool
+		var wg sync.WaitGroup
+		started := make(chan struct{})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; !stop.Load(); i++ {
+				if i == 10 {
+					close(started)
+				}
+				u.info()
+				if _, err := u.stat(); err != nil && errnoOf(err) != syscall.ENOENT {
+					t.Errorf("stat during detach: %v", err)
+					stop.Store(true)
+				}
+			}
+		}()
+		<-started
+		if err := u.detach(false); err != nil {
+			t.Fatal(err)
+		}
+		stop.Store(true)
+		wg.Wait()
+		if _, err := u.stat(); errnoOf(err) != syscall.ENOENT {
+			t.Fatalf("stat after detach: %v, want ENOENT", err)
+		}
+	}
+}
