@@ -312,12 +312,17 @@ func (d *Daemon) lookup(name string) (*Unit, error) {
 
 func (d *Daemon) detach(u *Unit, force bool) error {
 	err := u.detach(force)
-	if err != nil && errnoOf(err) == syscall.EBUSY {
+	if e := errnoOf(err); err != nil && (e == syscall.EBUSY || e == syscall.ENXIO) {
+		// Busy, or a concurrent detach took it down first; in the latter
+		// case its number may already belong to a new unit.
 		return err
 	}
-	// Whatever went wrong past the busy check, the unit is gone.
+	// Whatever went wrong past the busy check, the unit is gone. Another
+	// unit may have the number by now only if this one was removed.
 	d.mu.Lock()
-	delete(d.units, u.ID)
+	if d.units[u.ID] == u {
+		delete(d.units, u.ID)
+	}
 	d.mu.Unlock()
 	d.saveState()
 	if err != nil {

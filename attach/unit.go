@@ -41,6 +41,9 @@ type Unit struct {
 	ptFile *os.File
 
 	mu sync.Mutex // serializes detach
+	// gone is set (under mu) once a detach got past the busy check: a
+	// detach that waited for it finds nothing left to take down.
+	gone bool
 	// fmu guards dev, export and statFile against readers other than
 	// detach (list, stat, lookup by device, the state file), which must
 	// not wait for a detach (it can take half a minute) yet run while
@@ -290,11 +293,15 @@ func (u *Unit) stat() (*ctl.FileStat, error) {
 func (u *Unit) detach(force bool) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	if u.gone {
+		return withErrno(syscall.ENXIO, "%s: no such unit attached", u.Name())
+	}
 	if u.dev != nil && !force {
 		if why := u.dev.Users(); len(why) > 0 {
 			return withErrno(syscall.EBUSY, "%s: device %s is busy: %s; use -f to force", u.Name(), u.dev.Path, strings.Join(why, "; "))
 		}
 	}
+	u.gone = true
 	var errs []error
 	if u.dev != nil {
 		if force {

@@ -1,6 +1,8 @@
 package attach
 
 import (
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -51,5 +53,31 @@ func TestInfoStatDuringDetach(t *testing.T) {
 		if _, err := u.stat(); errnoOf(err) != syscall.ENOENT {
 			t.Fatalf("stat after detach: %v, want ENOENT", err)
 		}
+	}
+}
+
+// TestDetachTwice: two detaches of one unit (two clients at once) take it
+// down once. The second finds it gone (ENXIO) rather than flushing and
+// closing a closed image, and it must not remove a new unit that was given
+// the freed number in between.
+func TestDetachTwice(t *testing.T) {
+	d := &Daemon{cfg: Config{StateDir: t.TempDir()}, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		units: map[int]*Unit{}, reserved: map[int]bool{}}
+	old := &Unit{ID: 3, File: "mem:1048576", SecBits: 9, img: mem.New(1 << 20)}
+	d.units[3] = old
+	if err := d.detach(old, false); err != nil {
+		t.Fatal(err)
+	}
+	// The number is reused before the second client's detach runs.
+	reused := &Unit{ID: 3, File: "mem:2097152", SecBits: 9, img: mem.New(2 << 20)}
+	d.units[3] = reused
+	if err := d.detach(old, false); errnoOf(err) != syscall.ENXIO {
+		t.Errorf("second detach of a unit: %v, want ENXIO", err)
+	}
+	if d.units[3] != reused {
+		t.Fatal("a stale detach removed the unit that now has its number")
+	}
+	if _, err := reused.img.ReadAt(make([]byte, 512), 0); err != nil {
+		t.Fatalf("the new unit's image: %v", err)
 	}
 }
