@@ -263,6 +263,14 @@ func (d *Daemon) dispatch(req *ctl.Request, resp *ctl.Response, cred *unix.Ucred
 		}
 		d.mu.Unlock()
 		return nil
+	case ctl.OpRescan:
+		u, err := d.lookup(req.Unit)
+		if err != nil {
+			return err
+		}
+		parts, err := d.rescan(u)
+		resp.Partitions = parts
+		return err
 	case ctl.OpStat:
 		u, err := d.lookup(req.Unit)
 		if err != nil {
@@ -413,6 +421,7 @@ func (d *Daemon) attach(a *ctl.AttachArgs, cred *unix.Ucred) (_ *Unit, err error
 	if err != nil {
 		return nil, withErrno(errnoFromSys(err), "%s: %v", u.Name(), err)
 	}
+	d.addPartitions(u)
 	d.log.Info("attached", "unit", u.Name(), "device", u.dev.Path, "file", u.File, "format", u.Format,
 		"read-only", u.ReadOnly, "sector-size", 1<<secbits, "passthrough", u.export.Passthrough(), "direct-io", u.dev.DirectIO)
 	return u, nil

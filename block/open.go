@@ -36,8 +36,9 @@ type OpenOptions struct {
 	// target: Flush and Close need not make data durable. For scratch
 	// copies that can be redone after a crash. Drivers may ignore it.
 	Unsafe bool
-	// Check is set by check when opening read-only: a driver may then
-	// tolerate damage it would refuse otherwise, and report it from Check.
+	// Check is set by check: a driver may then tolerate damage it would
+	// refuse otherwise, report it from Check and, on a writable open,
+	// repair it there. Such an open is for Check alone.
 	Check bool
 
 	// Probed is set by Open when the format was probed rather than named;

@@ -8,7 +8,7 @@
 // request object followed by a newline, reads one JSON response object and
 // closes the connection.
 //
-//	request:  {"version":1, "op":"attach"|"detach"|"list"|"stat"|"ping", ...}
+//	request:  {"version":1, "op":"attach"|"detach"|"list"|"stat"|"rescan"|"ping", ...}
 //	response: {"version":1, "ok":true, ...} or
 //	          {"version":1, "ok":false, "errno":"EBUSY", "error":"..."}
 //
@@ -65,13 +65,16 @@ const (
 	OpList   = "list"
 	OpStat   = "stat"
 	OpPing   = "ping"
+	// OpRescan re-reads a unit's partition table and makes the kernel's
+	// partitions match it (BLKPG), for kernels that parse no tables.
+	OpRescan = "rescan"
 )
 
 // Request is one control request.
 type Request struct {
 	Version int    `json:"version"`
 	Op      string `json:"op"`
-	// Unit names a unit (vd0, 0) or its device (/dev/loop3) for detach and
+	// Unit names a unit (vd0, 0) or its device (/dev/loop3) for detach, rescan and
 	// stat.
 	Unit string `json:"unit,omitempty"`
 	// Force detaches a device that is in use.
@@ -110,6 +113,16 @@ type Response struct {
 	Unit  *UnitInfo  `json:"unit,omitempty"`
 	Units []UnitInfo `json:"units,omitempty"`
 	Stat  *FileStat  `json:"stat,omitempty"`
+	// Partitions are the unit's partitions after a rescan.
+	Partitions []Partition `json:"partitions,omitempty"`
+}
+
+// Partition is a partition of a unit's device, in bytes.
+type Partition struct {
+	Device string `json:"device"`
+	Number int    `json:"number"`
+	Start  int64  `json:"start"`
+	Size   int64  `json:"size"`
 }
 
 // UnitInfo describes an attached unit (the FNAME ioctl and more).
@@ -321,4 +334,15 @@ func (c *Client) Stat(unit string) (*FileStat, *UnitInfo, error) {
 		return nil, nil, err
 	}
 	return resp.Stat, resp.Unit, nil
+}
+
+// Rescan makes the kernel's partitions of a unit match its partition
+// table and returns them.
+func (c *Client) Rescan(unit string) ([]Partition, error) {
+	resp, err := c.Do(&Request{Op: OpRescan, Unit: unit})
+	if resp == nil {
+		return nil, err
+	}
+	// A rescan that failed for some partitions still reports the others.
+	return resp.Partitions, err
 }

@@ -12,9 +12,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -38,6 +41,10 @@ type Device struct {
 	// DirectIO reports whether the kernel accepted direct I/O.
 	DirectIO bool
 	f        *os.File
+	// nodes are partition device nodes we made, removed at release:
+	// partition device numbers are dynamic, and a stale node could later
+	// name another disk's partition.
+	nodes []string
 }
 
 // ValidBlockSize reports whether the loop driver can present size as its
@@ -158,6 +165,7 @@ func (d *Device) Release(timeout time.Duration) (bool, error) {
 	}
 	d.f.Close()
 	d.f = nil
+	d.removeNodes()
 	if err != nil {
 		return false, fmt.Errorf("loop: LOOP_CLR_FD %s: %w", d.Path, err)
 	}
@@ -179,6 +187,14 @@ func (d *Device) Close() {
 		d.f.Close()
 		d.f = nil
 	}
+	d.removeNodes()
+}
+
+func (d *Device) removeNodes() {
+	for _, n := range d.nodes {
+		os.Remove(n)
+	}
+	d.nodes = nil
 }
 
 // Bound reports whether loopN has a backing file.
@@ -307,6 +323,94 @@ func UnescapeMount(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
+}
+
+// Partitions lists the numbers of the partitions the kernel has for the
+// device, in order.
+func (d *Device) Partitions() []int {
+	name := d.Name()
+	paths, _ := filepath.Glob(filepath.Join("/sys/block", name, name+"p*"))
+	var nums []int
+	for _, p := range paths {
+		if n, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(p), name+"p")); err == nil {
+			nums = append(nums, n)
+		}
+	}
+	sort.Ints(nums)
+	return nums
+}
+
+// AddPartition registers partition num over [start, start+length) bytes of
+// the device with BLKPG, as partx -a does: on kernels without partition
+// table parsers, nothing else makes partitions appear. The device node is
+// made when /dev is not a devtmpfs that makes it.
+func (d *Device) AddPartition(num int, start, length int64) error {
+	if err := d.blkpg(unix.BLKPG_ADD_PARTITION, num, start, length); err != nil {
+		return fmt.Errorf("loop: adding partition %d of %s (%d bytes at %d): %w", num, d.Path, length, start, err)
+	}
+	part := fmt.Sprintf("%sp%d", d.Name(), num)
+	node := "/dev/" + part
+	if _, err := os.Stat(node); errors.Is(err, os.ErrNotExist) {
+		if dev, err := readDevNum(filepath.Join("/sys/block", d.Name(), part, "dev")); err == nil {
+			if unix.Mknod(node, unix.S_IFBLK|0o660, int(dev)) == nil {
+				d.nodes = append(d.nodes, node)
+			}
+		}
+	}
+	return nil
+}
+
+// DelPartition removes partition num with BLKPG; the kernel refuses
+// (EBUSY) while the partition is open or mounted.
+func (d *Device) DelPartition(num int) error {
+	if err := d.blkpg(unix.BLKPG_DEL_PARTITION, num, 0, 0); err != nil {
+		return fmt.Errorf("loop: removing partition %d of %s: %w", num, d.Path, err)
+	}
+	node := fmt.Sprintf("/dev/%sp%d", d.Name(), num)
+	for i, n := range d.nodes {
+		if n == node {
+			os.Remove(n)
+			d.nodes = append(d.nodes[:i], d.nodes[i+1:]...)
+			break
+		}
+	}
+	return nil
+}
+
+// PartitionExtent is where the kernel has partition num: start and length
+// in bytes.
+func (d *Device) PartitionExtent(num int) (start, length int64, err error) {
+	dir := filepath.Join("/sys/block", d.Name(), fmt.Sprintf("%sp%d", d.Name(), num))
+	var v [2]int64
+	for i, f := range []string{"start", "size"} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			return 0, 0, err
+		}
+		// sysfs counts 512-byte sectors whatever the logical block size.
+		if v[i], err = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err != nil {
+			return 0, 0, err
+		}
+	}
+	return v[0] * 512, v[1] * 512, nil
+}
+
+func (d *Device) blkpg(op int32, num int, start, length int64) error {
+	if d.f == nil {
+		return fmt.Errorf("%s is released", d.Path)
+	}
+	p := unix.BlkpgPartition{Start: start, Length: length, Pno: int32(num)}
+	arg := unix.BlkpgIoctlArg{
+		Op:      op,
+		Datalen: int32(unsafe.Sizeof(p)),
+		Data:    (*byte)(unsafe.Pointer(&p)),
+	}
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, d.f.Fd(), unix.BLKPG, uintptr(unsafe.Pointer(&arg)))
+	runtime.KeepAlive(&p)
+	if errno != 0 {
+		return errno
+	}
+	return nil
 }
 
 // Sync writes back the device's page cache (what processes wrote to the

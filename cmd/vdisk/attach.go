@@ -21,6 +21,9 @@ func init() {
 		Long: `Attach an image as a block device: the daemon serves the image as a
 file through FUSE and binds a loop device to it. Prints the unit and the
 device, e.g. "vd0 /dev/loop3". Starts the daemon when none is running.
+The partitions of an MBR or GPT table on the image appear as
+/dev/loop3p1, …: the kernel scans the table, and where it has no parser
+for it the daemon registers them (see vdisk rescan after repartitioning).
 
   -r          read-only everywhere: image, FUSE file and loop device
   -s SECBITS  logical sector size 1<<SECBITS (9 = 512 … 12 = 4096)

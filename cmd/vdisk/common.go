@@ -51,7 +51,7 @@ func (o *openFlags) open(name string, readOnly bool, noBacking bool) (block.Imag
 		ForceShare: o.forceShare,
 		NoBacking:  noBacking,
 		CacheSize:  cs,
-		Check:      o.check && readOnly,
+		Check:      o.check,
 	})
 }
 

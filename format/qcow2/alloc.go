@@ -174,29 +174,3 @@ func (img *Image) applyPending() error {
 	img.punch(freed)
 	return nil
 }
-
-// overlapsMetadata reports whether host range [off, off+n) touches the
-// header, the L1 table, the refcount table or the snapshot table: a
-// corrupt image could point data or an L2 table there, and writing would
-// destroy the image's structure.
-func (img *Image) overlapsMetadata(off, n int64) bool {
-	h := img.h
-	if off < img.cs {
-		return true
-	}
-	ranges := [][2]int64{
-		{int64(h.l1Offset), int64(len(img.l1)) * 8},
-		{int64(h.reftableOffset), int64(h.reftableClusters) << img.cbits},
-		{int64(h.snapshotsOffset), img.snapshotTableSize()},
-	}
-	for _, r := range ranges {
-		if r[1] > 0 && off < r[0]+r[1] && r[0] < off+n {
-			return true
-		}
-	}
-	return false
-}
-
-func (img *Image) errOverlap(what string, off int64) error {
-	return img.markCorrupt(what+" would be written over metadata", off, img.cs)
-}

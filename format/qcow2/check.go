@@ -25,6 +25,22 @@ func (img *Image) Check(mode block.RepairMode) (*block.CheckResult, error) {
 		if err := img.flushLocked(false); err != nil {
 			return nil, err
 		}
+		if img.checkOnly && img.h.incompatible&incDirty != 0 && mode&block.RepairErrors != 0 {
+			// The rebuild a writable open of a dirty image does, left
+			// to the check that was asked for it.
+			res, err := img.checkLocked(mode, true)
+			if err != nil {
+				return nil, err
+			}
+			if err := img.flushLocked(true); err != nil {
+				return nil, err
+			}
+			img.h.incompatible &^= incDirty
+			if err := img.writeHeaderSynced(); err != nil {
+				return nil, err
+			}
+			return res, nil
+		}
 	}
 	return img.checkLocked(mode, false)
 }
@@ -184,6 +200,26 @@ func (img *Image) computeRefs(res *block.CheckResult, withRefcounts bool) (*chec
 // checkLocked runs a check and the repairs mode allows; rebuild forces a
 // rebuild of the refcount structures (a dirty image).
 func (img *Image) checkLocked(mode block.RepairMode, rebuild bool) (*block.CheckResult, error) {
+	// A damaged snapshot table comes first: until it is rewritten, the
+	// clusters only its discarded snapshots hold cannot be judged, so
+	// without -r all nothing else is repaired either.
+	var snapFixed []string
+	if len(img.snapDropped) > 0 {
+		if mode&block.RepairErrors == 0 && !rebuild {
+			mode = block.RepairNone
+		} else {
+			if err := img.writeSnapshotTable(); err != nil {
+				return nil, fmt.Errorf("qcow2: rewriting the snapshot table: %w", err)
+			}
+			if err := img.flushLocked(false); err != nil {
+				return nil, err
+			}
+			for _, d := range img.snapDropped {
+				snapFixed = append(snapFixed, "Repaired: "+d)
+			}
+			img.snapDropped = nil
+		}
+	}
 	res, needRebuild, copiedErrs, err := img.checkPass()
 	if err != nil {
 		return nil, err
@@ -194,7 +230,7 @@ func (img *Image) checkLocked(mode block.RepairMode, rebuild bool) (*block.Check
 	// As in QEMU, COPIED flags are judged after the refcounts are repaired,
 	// so only those still wrong then count as fixed corruptions.
 	firstLeaks, firstCorr := res.Leaks, res.Corruptions-copiedErrs
-	repaired := false
+	repaired := len(snapFixed) > 0
 	if rebuild || (needRebuild && mode&block.RepairErrors != 0) {
 		if err := img.rebuildRefcounts(); err != nil {
 			return nil, err
@@ -225,8 +261,8 @@ func (img *Image) checkLocked(mode block.RepairMode, rebuild bool) (*block.Check
 		return nil, err
 	}
 	res2.LeaksFixed = max(firstLeaks-res2.Leaks, 0)
-	res2.CorruptionsFixed = max(firstCorr-res2.Corruptions, 0)
-	res2.Messages = append(res.Messages, res2.Messages...)
+	res2.CorruptionsFixed = max(firstCorr-res2.Corruptions, 0) + len(snapFixed)
+	res2.Messages = append(append(snapFixed, res.Messages...), res2.Messages...)
 	return res2, nil
 }
 
@@ -238,12 +274,16 @@ func (img *Image) checkPass() (*block.CheckResult, bool, int, error) {
 	if err != nil {
 		return nil, false, 0, err
 	}
+	// First, as qemu-img reports them before the references.
+	var snapMsgs []string
 	if img.snapErr != nil {
-		// First, as qemu-img reports it before the references.
-		res.Corruptions++
-		msg := fmt.Sprintf("ERROR %s; snapshots ignored", strings.TrimPrefix(img.snapErr.Error(), "qcow2: "))
-		res.Messages = append([]string{msg}, res.Messages...)
+		snapMsgs = append(snapMsgs, fmt.Sprintf("ERROR %s; snapshots ignored", strings.TrimPrefix(img.snapErr.Error(), "qcow2: ")))
 	}
+	for _, d := range img.snapDropped {
+		snapMsgs = append(snapMsgs, "ERROR "+d+" (repaired by -r all)")
+	}
+	res.Corruptions += len(snapMsgs)
+	res.Messages = append(snapMsgs, res.Messages...)
 	copiedErrs := 0
 	needRebuild := res.Corruptions > 0
 	var maxUsed int64 = -1
@@ -425,6 +465,7 @@ func (img *Image) rebuildRefcounts() error {
 		return err
 	}
 	img.reftable = table
+	img.tablesChanged()
 	img.rtDirty, img.rtMoved = false, false
 	img.rbc.clear()
 	img.pending = map[int64]int64{}

@@ -110,7 +110,7 @@ func (img *Image) compress(p []byte) ([]byte, error) {
 // Compression runs before the metadata lock is taken, so callers compress
 // on all cores.
 func (img *Image) WriteCompressed(p []byte, off int64) error {
-	if img.ro {
+	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
 	if err := block.CheckRange(off, int64(len(p)), img.Size()); err != nil {

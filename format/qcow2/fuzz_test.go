@@ -145,6 +145,13 @@ func FuzzOpenRead(f *testing.F) {
 			img.Info()
 			img.Close()
 		}
+		// A repairing check's open, which tolerates a damaged snapshot
+		// table, and its repair.
+		img, err = open(&memFile{b: append([]byte(nil), b...)}, &block.OpenOptions{NoBacking: true, Check: true}, 1<<20, 1<<20)
+		if err == nil {
+			img.Check(block.RepairAll)
+			img.Close()
+		}
 		// Read-write: a write, a discard, a flush, a repair.
 		img, err = open(&memFile{b: append([]byte(nil), b...)}, &block.OpenOptions{NoBacking: true}, 1<<20, 1<<20)
 		if err != nil {

@@ -143,7 +143,7 @@ func (img *Image) readBacking(b []byte, off int64) error {
 }
 
 func (img *Image) WriteAt(p []byte, off int64) (int, error) {
-	if img.ro {
+	if img.ro || img.checkOnly {
 		return 0, block.ErrReadOnly
 	}
 	if err := block.CheckRange(off, int64(len(p)), img.Size()); err != nil {
@@ -188,16 +188,25 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-// inPlace reports whether a write into the cluster of e can go straight to
-// its host cluster.
-func (img *Image) inPlace(e l2e) bool {
+// inPlace reports whether a write to bytes [from, to) of the cluster of e
+// can go straight to its host cluster: with extended L2 entries, when the
+// subclusters it touches are allocated.
+func (img *Image) inPlace(e l2e, from, to int64) bool {
 	if e.compressed() || !e.copied() || e.host() == 0 {
 		return false
 	}
 	if img.ext {
-		return uint32(e.bm) == 0xffffffff && e.bm>>32 == 0
+		m := img.subMask(from, to)
+		return uint32(e.bm)&m == m && uint32(e.bm>>32)&m == 0
 	}
 	return e.d&flagZero == 0
+}
+
+// subMask is the bitmap of the subclusters that bytes [from, to) of a
+// cluster touch.
+func (img *Image) subMask(from, to int64) uint32 {
+	s0, s1 := uint(from>>img.scBits), uint((to-1)>>img.scBits)
+	return uint32(uint64(1)<<(s1+1) - uint64(1)<<s0)
 }
 
 func (img *Image) writeInPlace(p []byte, off int64) (bool, error) {
@@ -211,10 +220,10 @@ func (img *Image) writeInPlace(p []byte, off int64) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		if !img.inPlace(e) {
+		if !img.inPlace(e, pos-vc<<img.cbits, cend-vc<<img.cbits) {
 			return false, nil
 		}
-		if img.overlapsMetadata(e.host(), img.cs) {
+		if img.metaOverlap(e.host(), img.cs, olAll) != "" {
 			return false, nil // the exclusive path marks the image corrupt
 		}
 		h := e.host() + pos&(img.cs-1)
@@ -247,10 +256,12 @@ func (img *Image) writeLocked(p []byte, off int64) error {
 			return err
 		}
 		e := img.getEntry(t, idx)
-		if e.host() != 0 && !e.compressed() && e.copied() && img.overlapsMetadata(e.host(), img.cs) {
-			return img.errOverlap("data cluster", e.host())
+		if e.host() != 0 && !e.compressed() && e.copied() {
+			if what := img.metaOverlap(e.host(), img.cs, olAll); what != "" {
+				return img.markCorrupt(what, e.host(), img.cs)
+			}
 		}
-		if img.inPlace(e) {
+		if img.inPlace(e, pos-cstart, cend-cstart) {
 			if _, err := img.f.WriteAt(p[pos-off:cend-off], e.host()+pos-cstart); err != nil {
 				return fmt.Errorf("qcow2: writing data: %w", err)
 			}
@@ -274,7 +285,7 @@ func (img *Image) writeLocked(p []byte, off int64) error {
 			n := int64(1)
 			for maxN := (end - cstart) >> img.cbits; n < maxN && n < 1<<img.l2Bits-int64(idx); n++ {
 				e2 := img.getEntry(t, idx+int(n))
-				if img.inPlace(e2) || e2.host() != 0 && e2.copied() {
+				if img.inPlace(e2, 0, img.cs) || e2.host() != 0 && e2.copied() {
 					break
 				}
 			}
@@ -291,6 +302,13 @@ func (img *Image) writeLocked(p []byte, off int64) error {
 				img.freeEntry(old)
 			}
 			pos += n << img.cbits
+			continue
+		}
+		if img.ext && !e.compressed() && (reuse || e.host() == 0 && uint32(e.bm) == 0) {
+			if err := img.writeSubclusters(t, idx, e, pos, p[pos-off:cend-off]); err != nil {
+				return err
+			}
+			pos = cend
 			continue
 		}
 		// Partial cluster: merge with the current content. The buffer
@@ -322,6 +340,42 @@ func (img *Image) writeLocked(p []byte, off int64) error {
 		}
 		pos = cend
 	}
+	return nil
+}
+
+// writeSubclusters writes p at guest offset at, inside a cluster with extended L2 entry e
+// that is unallocated or owned by this image, touching only the
+// subclusters p covers, as QEMU does: the others keep what they were
+// (unallocated ones still read from the backing file), so a small write
+// neither copies the rest of the cluster nor writes zeros over it. Partial
+// subclusters at the edges are merged with what they read as now.
+func (img *Image) writeSubclusters(t *table, idx int, e l2e, at int64, p []byte) error {
+	sc := int64(1) << img.scBits
+	in := at & (img.cs - 1)
+	cstart := at - in
+	from, to := in&^(sc-1), (in+int64(len(p))+sc-1)&^(sc-1)
+	data := p
+	if from != in || to != in+int64(len(p)) {
+		bp := img.clusterBuf()
+		defer img.bufPool.Put(bp)
+		data = (*bp)[:to-from]
+		if err := img.readLocked(data, cstart+from); err != nil {
+			return err
+		}
+		copy(data[in-from:], p)
+	}
+	host := e.host()
+	if host == 0 {
+		var err error
+		if host, err = img.allocClusters(1); err != nil {
+			return err
+		}
+	}
+	if _, err := img.f.WriteAt(data, host+from); err != nil {
+		return fmt.Errorf("qcow2: writing data at %#x: %w", host+from, err)
+	}
+	m := uint64(img.subMask(from, to))
+	img.setEntry(t, idx, l2e{d: uint64(host) | flagCopied, bm: (e.bm | m) &^ (m << 32)})
 	return nil
 }
 

@@ -140,8 +140,12 @@ func (img *Image) l2ForWrite(vc int64) (*table, int, error) {
 	}
 	ent := img.l1[l1i]
 	off := int64(ent & offsetMask)
-	if off != 0 && img.overlapsMetadata(off, img.cs) {
-		return nil, 0, img.errOverlap("L2 table", off)
+	if off != 0 {
+		// Another L1 entry naming the same table is a refcount matter for
+		// check; anything else there would be overwritten.
+		if what := img.metaOverlap(off, img.cs, olAll&^olL2); what != "" {
+			return nil, 0, img.markCorrupt(what, off, img.cs)
+		}
 	}
 	if off != 0 && ent&flagCopied != 0 {
 		t, err := img.loadTable(img.l2c, off, "L2 table")
@@ -174,6 +178,7 @@ func (img *Image) l2ForWrite(vc int64) (*table, int, error) {
 	t = img.l2c.add(t)
 	t.dirty = true
 	img.l1[l1i] = uint64(noff) | flagCopied
+	img.tablesChanged()
 	img.l1Dirty = true
 	return t, idx, nil
 }

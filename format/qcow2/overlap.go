@@ -49,22 +49,72 @@ func (img *Image) metaOverlap(off, n int64, mask int) string {
 			}
 		}
 	}
-	if mask&olL2 != 0 {
-		for _, e := range img.l1 {
-			if o := int64(e & offsetMask); o != 0 && in(o, img.cs) {
-				return "active L2 table"
+	if mask&(olL2|olRefblock) == 0 {
+		return ""
+	}
+	idx := img.tableIndex()
+	hit := func(k int) string {
+		switch {
+		case k&olL2 != 0 && mask&olL2 != 0:
+			return "active L2 table"
+		case k&olRefblock != 0 && mask&olRefblock != 0:
+			return "refcount block"
+		}
+		return ""
+	}
+	first, last := off>>img.cbits, (off+n-1)>>img.cbits
+	if last-first >= int64(len(idx.kind)) {
+		for c, k := range idx.kind {
+			if c >= first && c <= last && hit(k) != "" {
+				return hit(k)
 			}
 		}
+		return ""
 	}
-	if mask&olRefblock != 0 {
-		for _, e := range img.reftable {
-			if o := int64(e & refOffsetMask); o != 0 && in(o, img.cs) {
-				return "refcount block"
-			}
+	for c := first; c <= last; c++ {
+		if what := hit(idx.kind[c]); what != "" {
+			return what
 		}
 	}
 	return ""
 }
+
+// tableIndex maps the host clusters that the L1 table and the refcount
+// table point to onto their kind, so that the check every in-place write
+// makes is a lookup rather than a scan of both tables (thousands of
+// entries on a large image). img.mu held, shared or exclusive: the tables
+// only change under the exclusive lock, which also drops the index.
+type tableIndex struct {
+	kind map[int64]int
+}
+
+func (img *Image) tableIndex() *tableIndex {
+	if idx := img.tables.Load(); idx != nil {
+		return idx
+	}
+	idx := &tableIndex{kind: map[int64]int{}}
+	// A table at an unaligned offset (a corrupt entry) covers two clusters.
+	add := func(o int64, k int) {
+		idx.kind[o>>img.cbits] |= k
+		idx.kind[(o+img.cs-1)>>img.cbits] |= k
+	}
+	for _, e := range img.l1 {
+		if o := int64(e & offsetMask); o != 0 {
+			add(o, olL2)
+		}
+	}
+	for _, e := range img.reftable {
+		if o := int64(e & refOffsetMask); o != 0 {
+			add(o, olRefblock)
+		}
+	}
+	img.tables.Store(idx)
+	return idx
+}
+
+// tablesChanged drops the index after a change to the L1 or refcount
+// table. img.mu held exclusively.
+func (img *Image) tablesChanged() { img.tables.Store(nil) }
 
 // checkAlloc refuses clusters [c, c+n) that the refcounts say are free but
 // that hold metadata. Only clusters inside the file can hold any, which

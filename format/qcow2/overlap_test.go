@@ -98,3 +98,62 @@ func TestOverlapCheckRefusesMetadataWrites(t *testing.T) {
 		})
 	}
 }
+
+// TestOverlapCheckDataOverTables points an allocated, owned data cluster at
+// the image's own L2 table or refcount block: the write would go in place
+// over live metadata, so it must be refused and the image marked corrupt.
+func TestOverlapCheckDataOverTables(t *testing.T) {
+	be := binary.BigEndian
+	read8 := func(f *os.File, off int64) uint64 {
+		var b [8]byte
+		if _, err := f.ReadAt(b[:], off); err != nil {
+			t.Fatal(err)
+		}
+		return be.Uint64(b[:])
+	}
+	const copied = 1 << 63
+	const offMask = 0x00fffffffffffe00
+	for _, c := range []struct {
+		name, want string
+		target     func(f *os.File, h []byte) uint64
+	}{
+		{"data-on-own-l2", "active L2 table", func(f *os.File, h []byte) uint64 {
+			return read8(f, int64(be.Uint64(h[40:]))) & offMask
+		}},
+		{"data-on-refblock", "refcount block", func(f *os.File, h []byte) uint64 {
+			return read8(f, int64(be.Uint64(h[48:]))) & offMask
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			img := overlapImage(t, func(f *os.File, h []byte) {
+				l2 := int64(read8(f, int64(be.Uint64(h[40:]))) & offMask)
+				var e [8]byte
+				be.PutUint64(e[:], copied|c.target(f, h))
+				if _, err := f.WriteAt(e[:], l2); err != nil {
+					t.Fatal(err)
+				}
+			})
+			before, err := os.ReadFile(img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			im, err := block.Open(img, block.OpenOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, werr := im.WriteAt(bytes.Repeat([]byte{7}, 4096), 0)
+			im.Close()
+			if !errors.Is(werr, syscall.EIO) || !strings.Contains(werr.Error(), "overlaps with "+c.want) {
+				t.Fatalf("error = %v, want an EIO overlap error naming the %s", werr, c.want)
+			}
+			after, err := os.ReadFile(img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			before[79] |= 2
+			if !bytes.Equal(before, after) {
+				t.Fatal("image bytes changed beyond the corrupt bit")
+			}
+		})
+	}
+}

@@ -47,7 +47,6 @@ func TestCheckToleratesBrokenSnapshotTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer img.Close()
 	res, err := img.(block.Checker).Check(block.RepairNone)
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +54,25 @@ func TestCheckToleratesBrokenSnapshotTable(t *testing.T) {
 	if res.Corruptions == 0 || len(res.Messages) == 0 || !strings.Contains(res.Messages[0], "snapshot table") {
 		t.Fatalf("check result: %+v", res)
 	}
-	if _, err := block.Open(name, block.OpenOptions{Check: true}); err == nil {
-		t.Fatal("read/write open ignored the broken snapshot table")
+	img.Close()
+	// A repairing check opens it read/write and drops the snapshot.
+	rw, err := block.Open(name, block.OpenOptions{Check: true})
+	if err != nil {
+		t.Fatal(err)
 	}
+	res, err = rw.(block.Checker).Check(block.RepairAll)
+	rw.Close()
+	if err != nil || res.CorruptionsFixed == 0 || res.Corruptions != 0 || res.Leaks != 0 {
+		t.Fatalf("repair: %v %+v", err, res)
+	}
+	qemuCheck(t, name)
+	img, err = block.Open(name, block.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("open after the repair: %v", err)
+	}
+	if n := len(img.(interface{ Snapshots() []block.SnapshotInfo }).Snapshots()); n != 0 {
+		t.Fatalf("%d snapshots left", n)
+	}
+	img.Close()
+	qemuIO(t, name, "qcow2", "read -P 1 0 64k")
 }

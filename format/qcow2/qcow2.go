@@ -80,15 +80,18 @@ type Image struct {
 	// mu guards all metadata below and in the caches. Reads and in-place
 	// writes hold it shared; anything that changes metadata holds it
 	// exclusively.
-	mu                  sync.RWMutex
-	l1                  []uint64
-	l1Dirty             bool
-	reftable            []uint64
-	rtDirty             bool
-	rtMoved             bool // reftable relocated: header must follow it
-	l1Moved             bool
-	headerDirty         bool
-	l2c, rbc            *cache
+	mu          sync.RWMutex
+	l1          []uint64
+	l1Dirty     bool
+	reftable    []uint64
+	rtDirty     bool
+	rtMoved     bool // reftable relocated: header must follow it
+	l1Moved     bool
+	headerDirty bool
+	l2c, rbc    *cache
+	// tables indexes the clusters the L1 and refcount tables point to,
+	// for the overlap check; nil after either table changes.
+	tables              atomic.Pointer[tableIndex]
 	backing             block.Image
 	pending             map[int64]int64 // cluster index -> refcount decrements due after the next metadata sync
 	freeHint            int64           // no free cluster below this index
@@ -98,7 +101,9 @@ type Image struct {
 	oldSnapshotTableLen int64
 	lazy                bool // lazy refcounts: the dirty bit is set on disk
 	corrupt             bool
-	snapErr             error // snapshot table unreadable (read-only check opens only)
+	snapErr             error    // snapshot table unreadable (read-only check opens only)
+	snapDropped         []string // snapshots a repairing check open discarded; Check rewrites the table
+	checkOnly           bool     // opened read/write by check: only Check may change the image
 	preallocOnce        sync.Once
 	prealloc            bool // see metadataPreallocated
 	closed              bool
@@ -139,7 +144,7 @@ func open(f block.File, opts *block.OpenOptions, l2Bytes, rbBytes int64) (*Image
 	if err != nil {
 		return nil, err
 	}
-	img := &Image{f: f, name: f.Name(), ro: opts.ReadOnly, opts: *opts, h: h, pending: map[int64]int64{}}
+	img := &Image{f: f, name: f.Name(), ro: opts.ReadOnly, checkOnly: opts.Check && !opts.ReadOnly, opts: *opts, h: h, pending: map[int64]int64{}}
 	img.cbits = uint(h.clusterBits)
 	img.cs = 1 << img.cbits
 	img.ext = h.incompatible&incExtL2 != 0
@@ -186,14 +191,21 @@ func open(f block.File, opts *block.OpenOptions, l2Bytes, rbBytes int64) (*Image
 	for i := range img.reftable {
 		img.reftable[i] = be64(buf[i*8:])
 	}
-	if err := img.loadSnapshots(); err != nil {
-		if !opts.Check || !img.ro {
+	if _, err := img.loadSnapshots(false); err != nil {
+		if !opts.Check {
 			return nil, err
 		}
-		// A read-only check goes on without the snapshots, as qemu-img
-		// check does, and reports the damage.
-		img.snapshots = nil
-		img.snapErr = err
+		if img.ro {
+			// A read-only check goes on without the snapshots, as
+			// qemu-img check does, and reports the damage.
+			img.snapErr = err
+		} else {
+			// A repairing check keeps the sound snapshots; Check
+			// rewrites the table without the others.
+			if img.snapDropped, err = img.loadSnapshots(true); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if h.backingFile != "" && !opts.NoBacking {
 		b, err := block.OpenBacking(img.name, h.backingFile, h.backingFmt, opts)
@@ -220,7 +232,9 @@ func open(f block.File, opts *block.OpenOptions, l2Bytes, rbBytes int64) (*Image
 func (img *Image) openWritable() error {
 	img.mu.Lock()
 	defer img.mu.Unlock()
-	if img.h.incompatible&incDirty != 0 {
+	// A check open leaves a dirty image to Check, which repairs only what
+	// it is asked to, as qemu-img check does.
+	if img.h.incompatible&incDirty != 0 && !img.checkOnly {
 		if _, err := img.checkLocked(block.RepairAll, true); err != nil {
 			return fmt.Errorf("qcow2: rebuilding refcounts of a dirty image: %w", err)
 		}

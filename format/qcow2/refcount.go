@@ -145,6 +145,7 @@ func (img *Image) ensureBlock(bi int64) error {
 		t := &table{off: c << img.cbits, buf: make([]byte, img.cs), dirty: true}
 		img.rbc.add(t).dirty = true
 		img.reftable[bi] = uint64(c << img.cbits)
+		img.tablesChanged()
 		img.rtDirty = true
 		return nil
 	}
@@ -155,6 +156,7 @@ func (img *Image) ensureBlock(bi int64) error {
 	img.rcPut(t.buf, c-first, 1)
 	img.rbc.add(t).dirty = true
 	img.reftable[bi] = uint64(c << img.cbits)
+	img.tablesChanged()
 	img.rtDirty = true
 	return nil
 }
@@ -187,6 +189,7 @@ func (img *Image) growReftable(n int64) error {
 	nt := make([]uint64, want)
 	copy(nt, img.reftable)
 	img.reftable = nt
+	img.tablesChanged()
 	clusters := want * 8 / img.cs
 	off, err := img.allocClusters(clusters)
 	if err != nil {

@@ -10,7 +10,7 @@ import (
 // Resize changes the virtual size. Growing enlarges the L1 table as needed;
 // shrinking (only with shrink set) frees every cluster past the new end.
 func (img *Image) Resize(size int64, shrink bool) error {
-	if img.ro {
+	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
 	img.mu.Lock()
@@ -95,6 +95,7 @@ func (img *Image) freeFrom(size int64) error {
 	for i := img.l1Needed(size); i < int64(len(img.l1)); i++ {
 		if off := int64(img.l1[i] & offsetMask); off != 0 {
 			img.l1[i] = 0
+			img.tablesChanged()
 			img.l1Dirty = true
 			img.free(off, img.cs)
 		}
@@ -158,6 +159,7 @@ func (img *Image) growL1(n int64) error {
 	}
 	oldOff, oldLen := int64(img.h.l1Offset), int64(len(img.l1))*8
 	img.l1 = nl1
+	img.tablesChanged()
 	img.h.l1Offset = uint64(off)
 	img.h.l1Size = uint32(n)
 	img.l1Moved = true

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"vdisk/block"
@@ -52,24 +53,42 @@ func (s *snapshot) diskSize() (int64, bool) {
 	return 0, false
 }
 
-// loadSnapshots reads and validates the snapshot table.
-func (img *Image) loadSnapshots() error {
+// loadSnapshots reads and validates the snapshot table. Strict, the first
+// problem fails it. Lenient (a repairing check), it keeps the snapshots
+// that are sound and returns what it discarded: an entry whose L1 table is
+// invalid alone, and everything from an entry that cannot be read or
+// located onward, as qemu-img check -r all does.
+func (img *Image) loadSnapshots(lenient bool) ([]string, error) {
 	h := img.h
 	off := int64(h.snapshotsOffset)
-	if h.nbSnapshots > 0 {
-		fsize, err := img.f.Size()
-		if err != nil {
-			return err
+	img.snapshots = nil
+	img.oldSnapshotTableLen = 0
+	var dropped []string
+	fail := func(err error) ([]string, error) {
+		if !lenient {
+			img.snapshots = nil
+			return nil, err
 		}
-		if err := checkTable("snapshot table", h.snapshotsOffset, 1, uint64(img.cs), fsize); err != nil {
-			return err
-		}
+		img.oldSnapshotTableLen = 0 // see below
+		return append(dropped, strings.TrimPrefix(err.Error(), "qcow2: ")), nil
+	}
+	if h.nbSnapshots == 0 {
+		return nil, nil
+	}
+	fsize, err := img.f.Size()
+	if err != nil {
+		return nil, err
+	}
+	if err := checkTable("snapshot table", h.snapshotsOffset, 1, uint64(img.cs), fsize); err != nil {
+		// Nothing of it can be trusted, nor freed.
+		return fail(fmt.Errorf("%w; all %d snapshots discarded", err, h.nbSnapshots))
 	}
 	var total, l1Total int64
 	for i := uint32(0); i < h.nbSnapshots; i++ {
+		rest := fmt.Sprintf("snapshots %d to %d discarded", i, h.nbSnapshots-1)
 		var fixed [40]byte
 		if err := readFull(img.f, fixed[:], off); err != nil {
-			return fmt.Errorf("qcow2: snapshot table entry %d: %w", i, err)
+			return fail(fmt.Errorf("qcow2: snapshot table entry %d: %w; %s", i, err, rest))
 		}
 		s := snapshot{
 			l1Offset: be64(fixed[0:]), l1Size: be32(fixed[8:]),
@@ -80,38 +99,52 @@ func (img *Image) loadSnapshots() error {
 		nameLen := int64(binary.BigEndian.Uint16(fixed[14:]))
 		extraLen := int64(be32(fixed[36:]))
 		if extraLen > maxSnapshotExtra {
-			return fmt.Errorf("qcow2: snapshot %d has too much extra data", i)
+			return fail(fmt.Errorf("qcow2: snapshot %d has too much extra data; %s", i, rest))
 		}
-		rest := make([]byte, extraLen+idLen+nameLen)
-		if err := readFull(img.f, rest, off+40); err != nil {
-			return fmt.Errorf("qcow2: snapshot table entry %d: %w", i, err)
+		n := (40 + extraLen + idLen + nameLen + 7) &^ 7
+		if total+n > maxSnapshotTable {
+			return fail(fmt.Errorf("qcow2: snapshot table too large; %s", rest))
 		}
-		s.extra = rest[:extraLen]
-		s.id = string(rest[extraLen : extraLen+idLen])
-		s.name = string(rest[extraLen+idLen:])
-		n := (40 + int64(len(rest)) + 7) &^ 7
+		b := make([]byte, extraLen+idLen+nameLen)
+		if err := readFull(img.f, b, off+40); err != nil {
+			return fail(fmt.Errorf("qcow2: snapshot table entry %d: %w; %s", i, err, rest))
+		}
+		s.extra = b[:extraLen]
+		s.id = string(b[extraLen : extraLen+idLen])
+		s.name = string(b[extraLen+idLen:])
 		off += n
 		total += n
-		if total > maxSnapshotTable {
-			return errors.New("qcow2: snapshot table too large")
+		// The entry itself was read: from here on the table's clusters are
+		// its own, and a bad L1 table costs only this snapshot.
+		img.oldSnapshotTableLen = total
+		var bad error
+		switch {
+		case s.l1Size > maxL1Bytes/8:
+			bad = fmt.Errorf("qcow2: snapshot %q has an L1 table too large", s.name)
+		case l1Total+int64(s.l1Size)*8 > maxSnapshotL1Total:
+			bad = errors.New("qcow2: snapshot L1 tables too large in total")
+		case s.l1Size > 0:
+			bad = checkTable("snapshot L1 table", s.l1Offset, uint64(s.l1Size)*8, uint64(img.cs), fsize)
 		}
-		if s.l1Size > maxL1Bytes/8 {
-			return fmt.Errorf("qcow2: snapshot %q has an L1 table too large", s.name)
+		if bad != nil {
+			if !lenient {
+				img.snapshots = nil
+				return nil, bad
+			}
+			dropped = append(dropped, fmt.Sprintf("%s; snapshot %s (%s) discarded", strings.TrimPrefix(bad.Error(), "qcow2: "), s.id, s.name))
+			continue
 		}
 		l1Total += int64(s.l1Size) * 8
-		if l1Total > maxSnapshotL1Total {
-			return errors.New("qcow2: snapshot L1 tables too large in total")
-		}
-		if s.l1Size > 0 {
-			fsize, _ := img.f.Size()
-			if err := checkTable("snapshot L1 table", s.l1Offset, uint64(s.l1Size)*8, uint64(img.cs), fsize); err != nil {
-				return err
-			}
-		}
 		img.snapshots = append(img.snapshots, s)
 	}
-	img.oldSnapshotTableLen = total
-	return nil
+	if lenient && len(dropped) > 0 {
+		// The header that located this table is suspect, so its range
+		// may be anything, live data included: the rewrite frees none
+		// of it, and the leak repair after it frees what really is
+		// unreferenced.
+		img.oldSnapshotTableLen = 0
+	}
+	return dropped, nil
 }
 
 func (img *Image) snapshotTableSize() int64 {
@@ -242,7 +275,7 @@ func (img *Image) readL1(off uint64, n uint32) ([]uint64, error) {
 
 // SnapshotCreate makes an internal snapshot of the current disk state.
 func (img *Image) SnapshotCreate(name string) error {
-	if img.ro {
+	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
 	img.mu.Lock()
@@ -322,6 +355,7 @@ func (img *Image) clearCopied() error {
 			}
 		}
 		img.l1[i] = e1 &^ flagCopied
+		img.tablesChanged()
 		img.l1Dirty = true
 	}
 	return nil
@@ -342,6 +376,7 @@ func (img *Image) fixCopied() (int, error) {
 		}
 		if want := rc == 1; want != (e1&flagCopied != 0) {
 			img.l1[i] = e1 ^ flagCopied
+			img.tablesChanged()
 			img.l1Dirty = true
 			fixed++
 		}
@@ -392,7 +427,7 @@ func (img *Image) loadSnapshotLocked(name string) (int, []uint64, error) {
 
 // SnapshotApply reverts the disk to a snapshot.
 func (img *Image) SnapshotApply(name string) error {
-	if img.ro {
+	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
 	img.mu.Lock()
@@ -442,6 +477,7 @@ func (img *Image) SnapshotApply(name string) error {
 			img.l1[j] = sl1[j] &^ flagCopied
 		}
 	}
+	img.tablesChanged()
 	img.l1Dirty = true
 	if err := img.flushLocked(false); err != nil {
 		return err
@@ -454,7 +490,7 @@ func (img *Image) SnapshotApply(name string) error {
 
 // SnapshotDelete removes a snapshot and frees what only it referenced.
 func (img *Image) SnapshotDelete(name string) error {
-	if img.ro {
+	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
 	img.mu.Lock()

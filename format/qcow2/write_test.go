@@ -6,6 +6,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -195,17 +196,25 @@ func TestWriteMirror(t *testing.T) {
 }
 
 func TestWriteMirrorBacking(t *testing.T) {
-	for _, compat := range []string{"1.1", "0.10"} {
-		t.Run(compat, func(t *testing.T) {
+	for _, c := range []struct {
+		opts string
+		cs   int64
+	}{
+		{"compat=1.1,cluster_size=4k", 4096}, {"compat=0.10,cluster_size=4k", 4096},
+		// Partial writes allocate only the subclusters they touch; the
+		// rest of the cluster still reads from the base.
+		{"compat=1.1,extended_l2=on,cluster_size=16k", 16384},
+	} {
+		t.Run(c.opts, func(t *testing.T) {
 			dir := t.TempDir()
 			base := filepath.Join(dir, "base.qcow2")
 			run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", base, "256k")
 			qemuIO(t, base, "qcow2", "write -P 0x5a 0 256k")
 			name := filepath.Join(dir, "top.qcow2")
-			vdiskCreate(t, name, "cluster_size=4k,compat="+compat+",backing_file=base.qcow2,backing_fmt=qcow2", -1)
+			vdiskCreate(t, name, c.opts+",backing_file=base.qcow2,backing_fmt=qcow2", -1)
 			rawName := filepath.Join(dir, "top.raw")
 			run(t, "qemu-img", "convert", "-O", "raw", base, rawName)
-			runMirror(t, name, rawName, 4096, compat == "1.1", 300, 7)
+			runMirror(t, name, rawName, c.cs, !strings.Contains(c.opts, "0.10"), 300, 7)
 		})
 	}
 }
@@ -350,4 +359,49 @@ func TestRefcountGrowth(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestExtendedL2PartialWritesLikeQemu makes the same small writes to two
+// overlays with subclusters, one through qemu-io and one through vdisk:
+// both must allocate the same subclusters (qemu-img map, which includes
+// host offsets, is identical) and read the same.
+func TestExtendedL2PartialWritesLikeQemu(t *testing.T) {
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", base, "1M")
+	qemuIO(t, base, "qcow2", "write -P 0x5a 0 1M")
+	writes := []string{"write -P 1 8k 4k", "write -P 2 101k 1k", "write -P 3 200k 130k", "write -P 4 600k 512"}
+	var maps []string
+	for _, who := range []string{"qemu", "vdisk"} {
+		name := filepath.Join(dir, who+".qcow2")
+		run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "-b", "base.qcow2", "-F", "qcow2", name)
+		if who == "qemu" {
+			qemuIO(t, name, "qcow2", writes...)
+		} else {
+			img, err := block.Open(name, block.OpenOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range writes {
+				var pat byte
+				var off, n int64
+				var offS, nS string
+				fmt.Sscanf(w, "write -P %d %s %s", &pat, &offS, &nS)
+				off, _ = block.ParseSize(offS)
+				n, _ = block.ParseSize(nS)
+				if _, err := img.WriteAt(bytes.Repeat([]byte{pat}, int(n)), off); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := img.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		qemuCheck(t, name)
+		maps = append(maps, run(t, "qemu-img", "map", "--output=json", name))
+	}
+	if maps[0] != maps[1] {
+		t.Fatalf("qemu-img map differs:\nqemu:\n%s\nvdisk:\n%s", maps[0], maps[1])
+	}
+	run(t, "qemu-img", "compare", filepath.Join(dir, "qemu.qcow2"), filepath.Join(dir, "vdisk.qcow2"))
 }

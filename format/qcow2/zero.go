@@ -9,7 +9,7 @@ import (
 // old backing data does not reappear; version 2 images with a backing file
 // keep their data, which Discard allows.
 func (img *Image) Discard(off, n int64) error {
-	if img.ro {
+	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
 	if err := block.CheckRange(off, n, img.Size()); err != nil {
@@ -55,13 +55,13 @@ func (img *Image) zeroClusters(start, end int64, unmap bool) error {
 		var want l2e
 		needZero := img.backing != nil
 		switch {
-		case !needZero && !unmap && img.inPlace(e) && !img.ext:
+		case !needZero && !unmap && img.inPlace(e, 0, img.cs) && !img.ext:
 			want = l2e{d: e.d | flagZero}
 		case needZero && img.ext:
 			want = l2e{bm: 0xffffffff << 32}
 		case needZero:
 			want = l2e{d: flagZero}
-		case !unmap && img.inPlace(e) && !img.ext:
+		case !unmap && img.inPlace(e, 0, img.cs) && !img.ext:
 			want = l2e{d: e.d | flagZero}
 		}
 		if e == want {
@@ -86,7 +86,7 @@ func (img *Image) zeroClusters(start, end int64, unmap bool) error {
 // WriteZeroes uses zero clusters for whole clusters on version 3 images and
 // writes zero bytes for the partial clusters at the ends.
 func (img *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
-	if img.ro {
+	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
 	if err := block.CheckRange(off, n, img.Size()); err != nil {

@@ -65,6 +65,13 @@ func (m *Image) Check(mode block.RepairMode) (*block.CheckResult, error) {
 		res.CorruptionsFixed++
 		msg("Repaired: %s; entry cleared (the block's data is lost)", why)
 	}
+	if fixErr && len(bad) > 0 {
+		// The cleared entries are on disk before compaction may copy a
+		// block into what they pointed at.
+		if err := m.f.Sync(); err != nil {
+			return nil, err
+		}
+	}
 
 	if m.headerDirty {
 		res.Corruptions++
@@ -101,6 +108,12 @@ func (m *Image) Check(mode block.RepairMode) (*block.CheckResult, error) {
 	if trailing > 0 {
 		res.Leaks += int((trailing + m.blockTotal - 1) / m.blockTotal)
 		msg("Leaked space of %d bytes at %#x, before the footer (a block allocation interrupted by a crash)", trailing, end)
+	}
+	if fixLeak && len(m.badEntry) > 0 && (len(gaps) > 0 || trailing > 0) {
+		// Blocks are only moved, and the file only cut, once the table
+		// can be trusted.
+		msg("Leaked space not reclaimed while the BAT has bad entries; 'vdisk check -r all' repairs both")
+		fixLeak = false
 	}
 	if fixLeak && len(gaps) > 0 {
 		moved, err := m.compact(gaps)
@@ -178,15 +191,23 @@ func (r region) len() int64 { return r.end - r.start }
 // data) that can hold at least one block, in file order, and counts the
 // valid blocks.
 func (m *Image) gaps(fsize int64) ([]region, int64) {
-	var blocks []region
+	var blocks, bad []region
 	m.batMu.RLock()
 	for i, e := range m.bat {
-		if e != batUnused && m.badEntry[uint32(i)] == "" {
-			blocks = append(blocks, region{int64(e) * sectorSize, int64(e)*sectorSize + m.blockTotal, "block"})
+		if e == batUnused {
+			continue
+		}
+		r := region{int64(e) * sectorSize, int64(e)*sectorSize + m.blockTotal, "block"}
+		if m.badEntry[uint32(i)] == "" {
+			blocks = append(blocks, r)
+		} else if r.start < fsize {
+			// Not trusted, but not free either: what a bad entry points
+			// at may be data a repair of the table could still want.
+			bad = append(bad, region{r.start, min(r.end, fsize), "bad block"})
 		}
 	}
 	m.batMu.RUnlock()
-	used := append(m.reserved(fsize, blocks), blocks...)
+	used := append(append(m.reserved(fsize, blocks), blocks...), bad...)
 	alloc := int64(len(blocks))
 	sort.Slice(used, func(a, b int) bool { return used[a].start < used[b].start })
 	var gaps []region
@@ -253,18 +274,29 @@ func (m *Image) compact(gaps []region) (int, error) {
 	}
 	m.batMu.RUnlock()
 	sort.Slice(blocks, func(a, b int) bool { return blocks[a].start > blocks[b].start })
+	// Moving a block that sits below some metadata (another writer may
+	// put the BAT after the blocks) would not let the file shrink.
+	fsize, err := m.f.Size()
+	if err != nil {
+		return 0, err
+	}
+	live := make([]region, len(blocks))
+	for i, b := range blocks {
+		live[i] = region{b.start, b.start + m.blockTotal, "block"}
+	}
+	var metaEnd int64
+	for _, r := range m.reserved(fsize, live) {
+		metaEnd = max(metaEnd, r.end)
+	}
 	// Blocks may be up to 1 GiB; they are copied a piece at a time.
 	buf := make([]byte, min(m.blockTotal, 1<<20))
-	moved := 0
+	moved, g := 0, 0
 	for _, b := range blocks {
-		g := -1
-		for i := range gaps {
-			if gaps[i].len() >= m.blockTotal && gaps[i].start+m.blockTotal <= b.start {
-				g = i
-				break
-			}
+		// Gaps only shrink from their start, so one too small stays so.
+		for g < len(gaps) && gaps[g].len() < m.blockTotal {
+			g++
 		}
-		if g < 0 {
+		if g == len(gaps) || gaps[g].start+m.blockTotal > b.start || b.start < metaEnd {
 			break
 		}
 		to := gaps[g].start

@@ -3,6 +3,8 @@ package vhd
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
+	"strings"
 	"testing"
 
 	"vdisk/block"
@@ -157,5 +159,62 @@ func TestCompactInteriorLeaks(t *testing.T) {
 			t.Fatalf("crash after %d changes: after repair: content or size (%d) differs", k, len(f.b))
 		}
 		img.Close()
+	}
+}
+
+// TestCompactBATAfterBlocks: another writer's layout with the BAT after
+// the blocks. No block is moved, since that could not shrink the file;
+// the BAT stays intact, the content readable, and the leaks are reported
+// as left.
+func TestCompactBATAfterBlocks(t *testing.T) {
+	base, want := leakyImage(t)
+	img, err := Open(&memFile{b: append([]byte(nil), base...)}, &block.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := img.(*Image)
+	oldBAT := int64(m.hdr.TableOffset)
+	batBytes := int64(m.hdr.MaxEntries) * 4
+	hdrOff := int64(m.footer.DataOffset)
+	img.Close()
+	// Move the BAT to where the footer is and put the footer after it.
+	end := int64(len(base)) - footerSize
+	foot := append([]byte(nil), base[end:]...)
+	bat := append([]byte(nil), base[oldBAT:oldBAT+batBytes]...)
+	nb := append(append(append([]byte(nil), base[:end]...), bat...), make([]byte, (sectorSize-batBytes%sectorSize)%sectorSize)...)
+	nb = append(nb, foot...)
+	clear(nb[oldBAT : oldBAT+batBytes])
+	binary.BigEndian.PutUint64(nb[hdrOff+16:], uint64(end))
+	binary.BigEndian.PutUint32(nb[hdrOff+36:], checksum(nb[hdrOff:hdrOff+headerSize], 36))
+	f := &memFile{b: nb}
+	img, err = Open(f, &block.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(readImage(t, img), want) {
+		t.Fatal("relocated BAT: content differs")
+	}
+	res, err := img.(*Image).Check(block.RepairLeaks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Leaks != 3 || res.LeaksFixed != 0 || strings.Contains(fmt.Sprint(res.Messages), "moved") {
+		t.Fatalf("repair: leaks %d fixed %d, %v", res.Leaks, res.LeaksFixed, res.Messages)
+	}
+	img.Close()
+	img, err = Open(f, &block.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if !bytes.Equal(readImage(t, img), want) {
+		t.Fatal("after repair: content differs")
+	}
+	res, err = img.(*Image).Check(block.RepairNone)
+	if err != nil || res.Corruptions != 0 {
+		t.Fatalf("after repair: %v %+v", err, res)
+	}
+	if res.Leaks != 3 || len(f.b) != len(nb) {
+		t.Fatalf("after: leaks %d, %v; file %d -> %d bytes", res.Leaks, res.Messages, len(nb), len(f.b))
 	}
 }
