@@ -307,10 +307,11 @@ func (d *Daemon) lookup(name string) (*Unit, error) {
 		rdev = st.Rdev
 	}
 	for _, u := range d.units {
-		if u.dev == nil {
+		ud := u.device()
+		if ud == nil {
 			continue
 		}
-		if u.dev.Path == dev || (rdev != 0 && u.dev.Rdev == rdev) {
+		if ud.Path == dev || (rdev != 0 && ud.Rdev == rdev) {
 			return u, nil
 		}
 	}
@@ -319,12 +320,17 @@ func (d *Daemon) lookup(name string) (*Unit, error) {
 
 func (d *Daemon) detach(u *Unit, force bool) error {
 	err := u.detach(force)
-	if err != nil && errnoOf(err) == syscall.EBUSY {
+	if e := errnoOf(err); err != nil && (e == syscall.EBUSY || e == syscall.ENXIO) {
+		// Busy, or a concurrent detach took it down first; in the latter
+		// case its number may already belong to a new unit.
 		return err
 	}
-	// Whatever went wrong past the busy check, the unit is gone.
+	// Whatever went wrong past the busy check, the unit is gone. Another
+	// unit may have the number by now only if this one was removed.
 	d.mu.Lock()
-	delete(d.units, u.ID)
+	if d.units[u.ID] == u {
+		delete(d.units, u.ID)
+	}
 	d.mu.Unlock()
 	d.saveState()
 	if err != nil {
@@ -475,12 +481,14 @@ func (d *Daemon) saveState() {
 	s := state{PID: os.Getpid(), Units: []stateEntry{}}
 	for _, u := range d.units {
 		e := stateEntry{Unit: u.Name(), File: u.File, Loop: -1}
+		u.fmu.RLock()
 		if u.dev != nil {
 			e.Device, e.Loop = u.dev.Path, u.dev.Num
 		}
 		if u.export != nil {
 			e.Mount = u.export.Dir()
 		}
+		u.fmu.RUnlock()
 		s.Units = append(s.Units, e)
 	}
 	d.mu.Unlock()

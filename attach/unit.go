@@ -41,12 +41,29 @@ type Unit struct {
 	ptFile *os.File
 
 	mu sync.Mutex // serializes detach
+	// gone is set (under mu) once a detach got past the busy check: a
+	// detach that waited for it finds nothing left to take down.
+	gone bool
+	// fmu guards dev, export and statFile against readers other than
+	// detach (list, stat, lookup by device, the state file), which must
+	// not wait for a detach (it can take half a minute) yet run while
+	// one clears the fields and closes what they hold.
+	fmu sync.RWMutex
+}
+
+// device returns the loop device, or nil once detached.
+func (u *Unit) device() *loop.Device {
+	u.fmu.RLock()
+	defer u.fmu.RUnlock()
+	return u.dev
 }
 
 // Name is vdN.
 func (u *Unit) Name() string { return "vd" + strconv.Itoa(u.ID) }
 
 func (u *Unit) info() ctl.UnitInfo {
+	u.fmu.RLock()
+	defer u.fmu.RUnlock()
 	in := ctl.UnitInfo{
 		Unit:        u.Name(),
 		File:        u.File,
@@ -232,6 +249,10 @@ func passthroughFile(img block.Image, a *ctl.AttachArgs) *os.File {
 
 // stat is the fstat of the image file.
 func (u *Unit) stat() (*ctl.FileStat, error) {
+	// Held across the fstat: detach closes statFile only after taking
+	// fmu, so the descriptor cannot be closed (and reused) under it.
+	u.fmu.RLock()
+	defer u.fmu.RUnlock()
 	var st unix.Stat_t
 	type filer interface{ File() block.File }
 	done := false
@@ -272,11 +293,15 @@ func (u *Unit) stat() (*ctl.FileStat, error) {
 func (u *Unit) detach(force bool) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	if u.gone {
+		return withErrno(syscall.ENXIO, "%s: no such unit attached", u.Name())
+	}
 	if u.dev != nil && !force {
 		if why := u.dev.Users(); len(why) > 0 {
 			return withErrno(syscall.EBUSY, "%s: device %s is busy: %s; use -f to force", u.Name(), u.dev.Path, strings.Join(why, "; "))
 		}
 	}
+	u.gone = true
 	var errs []error
 	if u.dev != nil {
 		if force {
@@ -303,7 +328,9 @@ func (u *Unit) detach(force bool) error {
 				force = true
 			}
 		}
+		u.fmu.Lock()
 		u.dev = nil
+		u.fmu.Unlock()
 	}
 	if u.img != nil && !u.ReadOnly {
 		if err := u.img.Flush(); err != nil {
@@ -315,15 +342,20 @@ func (u *Unit) detach(force bool) error {
 			errs = append(errs, err)
 		}
 		os.Remove(u.export.Dir())
+		u.fmu.Lock()
 		u.export = nil
+		u.fmu.Unlock()
 	}
 	if u.ptFile != nil {
 		u.ptFile.Close()
 		u.ptFile = nil
 	}
 	if u.statFile != nil {
-		u.statFile.Close()
+		u.fmu.Lock()
+		sf := u.statFile
 		u.statFile = nil
+		u.fmu.Unlock()
+		sf.Close()
 	}
 	if u.img != nil {
 		if err := u.img.Close(); err != nil {

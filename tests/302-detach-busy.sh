@@ -34,7 +34,7 @@ for mode in passthrough userspace; do
 	timeout 10 dd of=/dev/null bs=4k count=1 iflag=direct status=none <&7 2>&1 | sed 's/.*: //'
 	timeout 10 dd if=/dev/zero of=/dev/stdout bs=4k count=1 seek=100 oflag=direct status=none 2>&1 >&7 | sed 's/.*: //'
 	exec 7>&-
-	for _ in $(seq 100); do loop_bound "$dev" || break; sleep 0.05; done
+	for _ in $(seq 200); do loop_bound "$dev" || break; sleep 0.05; done
 	loop_bound "$dev" && echo "loop device still bound" || echo "loop device released"
 	fsck.ext4 -n -f disk.img >fsck.log 2>&1 && echo "fsck clean" || cat fsck.log
 	echo "-- forced detach of a mounted device"
@@ -46,7 +46,7 @@ for mode in passthrough userspace; do
 	cat mnt/file >/dev/null 2>&1; echo 3 >/proc/sys/vm/drop_caches
 	timeout 10 cat mnt/bufio/bufio.go >/dev/null 2>&1 && echo "read after -f succeeded" || echo "read after -f failed"
 	umount mnt 2>/dev/null || umount -l mnt
-	for _ in $(seq 100); do loop_bound "$dev" || break; sleep 0.05; done
+	for _ in $(seq 200); do loop_bound "$dev" || break; sleep 0.05; done
 	loop_bound "$dev" && echo "loop device still bound" || echo "loop device released"
 	# The file system was live when the disk went away: what sync committed
 	# may still sit in the journal, so check it as a kernel would after a

@@ -31,7 +31,7 @@ for mode in passthrough userspace qcow2; do
 	wait_gone "$pid" && echo "daemon killed"
 	kill "$writer" 2>/dev/null; wait "$writer" 2>/dev/null
 	umount -l mnt
-	for _ in $(seq 100); do loop_bound "$dev" || break; sleep 0.05; done
+	for _ in $(seq 200); do loop_bound "$dev" || break; sleep 0.05; done
 	loop_bound "$dev" && echo "loop device still bound" || echo "no orphaned loop device"
 	echo "dead FUSE mounts: $(fuse_mounts)"
 	if [ $mode = qcow2 ]; then
@@ -58,7 +58,14 @@ wait_gone "$pid" && echo "daemon exited"
 grep -o 'unit busy at shutdown[^"]*' "$VDISK_STATE_DIR/daemon.log" | sort -u
 cat mnt/f >/dev/null 2>&1; echo 3 >/proc/sys/vm/drop_caches; ls mnt >/dev/null 2>&1
 umount mnt 2>/dev/null || umount -l mnt
-sleep 0.2
+# The kernel clears an autoclear loop device asynchronously after its last
+# close; wait for that rather than for a fixed time.
+for _ in $(seq 200); do
+	bound=0
+	for d in "${_loops[@]}"; do loop_bound "$d" && bound=1; done
+	[ $bound = 0 ] && break
+	sleep 0.05
+done
 for d in "${_loops[@]}"; do loop_bound "$d" && echo "$d still bound"; done
 echo "FUSE mounts: $(fuse_mounts)"
 ls "$VDISK_STATE_DIR"

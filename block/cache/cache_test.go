@@ -211,3 +211,66 @@ func BenchmarkColdSequential(b *testing.B) {
 		})
 	}
 }
+
+// stallRead holds one read after it fetched its data, so that a test can
+// complete a write in between.
+type stallRead struct {
+	block.Image
+	fetched, release chan struct{}
+	armed            bool
+}
+
+func (s *stallRead) ReadAt(p []byte, off int64) (int, error) {
+	n, err := s.Image.ReadAt(p, off)
+	if s.armed {
+		s.armed = false
+		close(s.fetched)
+		<-s.release
+	}
+	return n, err
+}
+
+// TestFillRacingWrite: a read that fetched a block before a write to it
+// finished must not leave its old copy in the cache, whichever of write,
+// zeroing and discard it raced with.
+func TestFillRacingWrite(t *testing.T) {
+	ops := map[string]func(img block.Image) error{
+		"write": func(img block.Image) error {
+			_, err := img.WriteAt(bytes.Repeat([]byte{2}, 4096), 4096)
+			return err
+		},
+		"zero":    func(img block.Image) error { return img.WriteZeroes(4096, 4096, 0) },
+		"discard": func(img block.Image) error { return img.Discard(4096, 4096) },
+	}
+	for name, op := range ops {
+		t.Run(name, func(t *testing.T) {
+			inner := mem.New(1 << 20)
+			inner.WriteAt(bytes.Repeat([]byte{1}, 1<<20), 0)
+			s := &stallRead{Image: inner, fetched: make(chan struct{}), release: make(chan struct{}), armed: true}
+			img := cache.New(s, 1<<20)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				buf := make([]byte, 512)
+				img.ReadAt(buf, 0) // fills block 0 with the old bytes
+			}()
+			<-s.fetched
+			if err := op(img); err != nil {
+				t.Fatal(err)
+			}
+			close(s.release)
+			<-done
+			want := bytes.Repeat([]byte{2}, 4096)
+			if name != "write" {
+				want = make([]byte, 4096)
+			}
+			got := make([]byte, 4096)
+			if _, err := img.ReadAt(got, 4096); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("read after %s returns the bytes of a fill that raced with it", name)
+			}
+		})
+	}
+}

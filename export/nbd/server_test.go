@@ -55,7 +55,6 @@ func dial(t *testing.T, addr string) *client {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(10 * time.Second))
 	cl := &client{t: t, c: c}
 	var hello [18]byte
 	cl.read(hello[:])
@@ -65,8 +64,15 @@ func dial(t *testing.T, addr string) *client {
 	return cl
 }
 
+// opTimeout bounds each read or write of the test client, so that a
+// server that stops answering fails the test instead of hanging it. It is
+// per operation, not per connection: under -race on a loaded 2-core
+// machine a test that moves tens of MiB takes well over ten seconds.
+const opTimeout = time.Minute
+
 func (cl *client) read(b []byte) {
 	cl.t.Helper()
+	cl.c.SetReadDeadline(time.Now().Add(opTimeout))
 	if _, err := io.ReadFull(cl.c, b); err != nil {
 		cl.t.Fatalf("read: %v", err)
 	}
@@ -74,6 +80,7 @@ func (cl *client) read(b []byte) {
 
 func (cl *client) write(b []byte) {
 	cl.t.Helper()
+	cl.c.SetWriteDeadline(time.Now().Add(opTimeout))
 	if _, err := cl.c.Write(b); err != nil {
 		cl.t.Fatalf("write: %v", err)
 	}

@@ -190,7 +190,10 @@ func (m *Image) Close() error {
 	if m.closed.Swap(true) {
 		return nil
 	}
-	m.s = newStore()
+	// The store is emptied, not replaced: requests that passed the closed
+	// check may still be using it, and swapping the pointer under them
+	// was a data race.
+	m.s.truncate(0)
 	return nil
 }
 

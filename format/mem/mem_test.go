@@ -165,3 +165,44 @@ func TestMemProtocolAndFormat(t *testing.T) {
 		t.Error("mem:lots accepted")
 	}
 }
+
+// TestCloseDuringIO closes a RAM disk while requests run: they may fail
+// with ErrClosed but must not race with Close (run under -race).
+func TestCloseDuringIO(t *testing.T) {
+	for round := 0; round < 10; round++ {
+		m := mem.New(1 << 20)
+		var wg sync.WaitGroup
+		started := make(chan struct{}, 4)
+		for g := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				buf := make([]byte, 4096)
+				for i := 0; ; i++ {
+					if i == 5 {
+						started <- struct{}{}
+					}
+					off := int64(i%256) * 4096
+					var err error
+					if g%2 == 0 {
+						_, err = m.WriteAt(buf, off)
+					} else {
+						_, err = m.ReadAt(buf, off)
+					}
+					if errors.Is(err, block.ErrClosed) {
+						return
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		for range 4 {
+			<-started
+		}
+		m.Close()
+		wg.Wait()
+	}
+}

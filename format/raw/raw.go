@@ -34,6 +34,10 @@ type Image struct {
 	// must not let a guest turn it into something that probes as another
 	// format.
 	probed bool
+	// probeMu serialises writes that reach the probed bytes, check and
+	// write together: two writes each harmless alone (half a magic each)
+	// would otherwise both pass the check and together forge a header.
+	probeMu sync.Mutex
 	// unsafe skips syncing on Flush and Close (cache=unsafe).
 	unsafe bool
 
@@ -145,6 +149,8 @@ func (m *Image) WriteAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	if m.probed && m.touchesProbe(off, int64(len(p))) {
+		m.probeMu.Lock()
+		defer m.probeMu.Unlock()
 		if err := m.guardProbe(p, off); err != nil {
 			return 0, err
 		}
@@ -253,6 +259,8 @@ func (m *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
 		return block.ErrNotSupported
 	}
 	if m.probed && m.touchesProbe(off, n) {
+		m.probeMu.Lock()
+		defer m.probeMu.Unlock()
 		if err := m.guardZeroes(off, n); err != nil {
 			return err
 		}

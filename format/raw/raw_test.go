@@ -5,7 +5,9 @@ import (
 	"errors"
 	"os"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"vdisk/block"
 	"vdisk/format/raw"
@@ -280,5 +282,72 @@ func TestFileAccessor(t *testing.T) {
 	img := open(t, create(t, 4096, ""), block.OpenOptions{Format: "raw"})
 	if img.(*raw.Image).File() == nil {
 		t.Error("no container")
+	}
+}
+
+// meetFile holds the first read of the probed head, after it read, until
+// a second one has read too (or a timeout passes): two guarded writes
+// then both check the old head unless something serialises them.
+type meetFile struct {
+	block.File
+	mu      sync.Mutex
+	arrived int
+	both    chan struct{}
+}
+
+func (f *meetFile) ReadAt(p []byte, off int64) (int, error) {
+	n, err := f.File.ReadAt(p, off)
+	if off == 0 && len(p) == block.ProbeHeadSize {
+		f.mu.Lock()
+		f.arrived++
+		k := f.arrived
+		f.mu.Unlock()
+		switch k {
+		case 1:
+			select {
+			case <-f.both:
+			case <-time.After(300 * time.Millisecond):
+			}
+		case 2:
+			close(f.both)
+		}
+	}
+	return n, err
+}
+
+// TestProbeGuardConcurrentHalves: two concurrent writes, each half of a
+// format magic, must not both pass the guard.
+func TestProbeGuardConcurrentHalves(t *testing.T) {
+	name := create(t, 1<<20, "")
+	f, err := block.OpenFile(name, block.OpenFlags{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mf := &meetFile{File: f, both: make(chan struct{})}
+	img, err := raw.Open(mf, &block.OpenOptions{Probed: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	var wg sync.WaitGroup
+	for _, w := range []struct {
+		b   string
+		off int64
+	}{{"QF", 0}, {"I\xfb", 2}} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := img.WriteAt([]byte(w.b), w.off); err != nil {
+				t.Log(err)
+			}
+		}()
+	}
+	wg.Wait()
+	head := make([]byte, 4)
+	if _, err := f.ReadAt(head, 0); err != nil {
+		t.Fatal(err)
+	}
+	if string(head) == "QFI\xfb" {
+		t.Fatal("two concurrent halves of a magic both passed the probe guard")
 	}
 }

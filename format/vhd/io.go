@@ -171,9 +171,20 @@ func (m *Image) writeBlock(idx, in int64, p []byte) error {
 // sectorSpan widens [in, in+len(p)) of a block to whole sectors, filling
 // the widened edges with what the guest sees there now (the parent for a
 // differencing disk, zeros otherwise), so that whole sectors can be marked.
+//
+// With a bitmap (an allocated block), an edge sector already present is not
+// widened: writers of present sectors write in place without the stripe
+// lock, so reading such a sector and writing it back whole would undo their
+// concurrent writes to its other bytes.
 func (m *Image) sectorSpan(idx, in int64, p []byte, bm []byte, e uint32) (int64, []byte, error) {
-	start := in / sectorSize * sectorSize
-	end := (in + int64(len(p)) + sectorSize - 1) / sectorSize * sectorSize
+	widen := func(s int64) bool { return bm == nil || !bitSet(bm, s) }
+	start, end := in, in+int64(len(p))
+	if start%sectorSize != 0 && widen(start/sectorSize) {
+		start = start / sectorSize * sectorSize
+	}
+	if end%sectorSize != 0 && widen(end/sectorSize) {
+		end = (end/sectorSize + 1) * sectorSize
+	}
 	if start == in && end == in+int64(len(p)) {
 		return in, p, nil
 	}
@@ -201,6 +212,10 @@ func (m *Image) sectorSpan(idx, in int64, p []byte, bm []byte, e uint32) (int64,
 	copy(buf[in-start:], p)
 	return start, buf, nil
 }
+
+// testHookSpan, when set by a test, runs in writeAllocated's
+// read-modify-write path between reading the widened span and writing it.
+var testHookSpan func()
 
 func (m *Image) writeAllocated(idx int64, e uint32, in int64, p []byte) error {
 	s0, s1 := in/sectorSize, (in+int64(len(p))-1)/sectorSize
@@ -235,6 +250,9 @@ func (m *Image) writeAllocated(idx int64, e uint32, in int64, p []byte) error {
 	start, buf, err := m.sectorSpan(idx, in, p, bm, e)
 	if err != nil {
 		return fmt.Errorf("vhd: block %d: %w", idx, err)
+	}
+	if testHookSpan != nil {
+		testHookSpan()
 	}
 	if _, err := m.f.WriteAt(buf, boff+start); err != nil {
 		return fmt.Errorf("vhd: block %d: %w", idx, err)

@@ -41,7 +41,8 @@ func startTool(t *testing.T, sock string, name string, args ...string) {
 
 func waitSocket(t *testing.T, network, addr string) {
 	t.Helper()
-	for i := 0; i < 200; i++ {
+	// Generous: qemu-nbd and nbdkit start slowly on a loaded CI machine.
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
 		if c, err := net.Dial(network, addr); err == nil {
 			c.Close()
 			return
