@@ -8,6 +8,8 @@ package cache
 
 import (
 	"container/list"
+	"fmt"
+	"io"
 	"sync"
 
 	"vdisk/block"
@@ -111,6 +113,10 @@ func (c *Image) fill(first, last int64, p []byte, off int64, done int) error {
 	c.mu.Unlock()
 	start := first * BlockSize
 	end := min((last+1)*BlockSize, c.Size())
+	if end < min(off+int64(len(p)), (last+1)*BlockSize) {
+		// A concurrent shrink cut the range this read was checked against.
+		return fmt.Errorf("cache: read at %d: the image shrank during the read: %w", off, io.ErrUnexpectedEOF)
+	}
 	buf := make([]byte, end-start)
 	if _, err := c.Image.ReadAt(buf, start); err != nil {
 		return err

@@ -274,3 +274,31 @@ func TestFillRacingWrite(t *testing.T) {
 		})
 	}
 }
+
+// shrinking reports its full size to the first Size call (the range
+// check) and half of it afterwards, as if resized during a read.
+type shrinking struct {
+	block.Image
+	mu    sync.Mutex
+	calls int
+}
+
+func (s *shrinking) Size() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls++
+	if s.calls == 1 {
+		return s.Image.Size()
+	}
+	return s.Image.Size() / 2
+}
+
+// TestFillAfterShrink: a read whose range the image lost to a concurrent
+// shrink fails cleanly instead of panicking.
+func TestFillAfterShrink(t *testing.T) {
+	img := cache.New(&shrinking{Image: mem.New(4 * cache.BlockSize)}, 8*cache.BlockSize)
+	p := make([]byte, 2*cache.BlockSize)
+	if _, err := img.ReadAt(p, 3*cache.BlockSize-100); err == nil {
+		t.Fatal("a read past the shrunk end succeeded")
+	}
+}
