@@ -95,6 +95,10 @@ func (c *checker) loadL2(off int64) (*table, error) {
 		return img.loadTable(img.l2c, off, "L2 table")
 	}
 	buf := make([]byte, img.cs)
+	if off >= c.fsize {
+		// Wholly past the end: all zeros, referencing nothing.
+		return &table{off: off, buf: buf}, nil
+	}
 	if err := readFull(img.f, buf[:c.fsize-off], off); err != nil {
 		return nil, fmt.Errorf("qcow2: L2 table at %#x: %w", off, err)
 	}

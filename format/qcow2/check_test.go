@@ -277,3 +277,15 @@ func TestCheckNoRepairAfterReadError(t *testing.T) {
 		t.Fatalf("after the failed repairs: %+v", res)
 	}
 }
+
+// An L1 entry naming an L2 table wholly past the end of the file (found
+// by fuzzing: the zero-padded read of a cut-short table took a negative
+// length) is an error to report, not a crash.
+func TestCheckL2PastEnd(t *testing.T) {
+	name := leakyImage(t)
+	poke(t, name, 192<<10, be64b(1<<63|0x1010101010000))
+	res := checkImage(t, name, block.RepairNone)
+	if res.Corruptions == 0 {
+		t.Fatalf("an L2 table past the end went unreported: %+v %v", res, res.Messages)
+	}
+}
