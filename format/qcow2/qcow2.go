@@ -229,10 +229,23 @@ func open(f block.File, opts *block.OpenOptions, l2Bytes, rbBytes int64) (*Image
 // openWritable prepares a read-write open: an image left dirty by lazy
 // refcounts gets its refcounts rebuilt first, as QEMU does, and autoclear
 // bits of features this driver does not maintain are cleared so that their
-// stale data is not trusted later.
+// stale data is not trusted later. Persistent bitmaps are the exception:
+// they are marked in use first and stay valid (see bitmap.go).
 func (img *Image) openWritable() error {
 	img.mu.Lock()
 	defer img.mu.Unlock()
+	var keepAutoclear uint64
+	if img.h.version >= 3 {
+		// A check open changes no guest data, so its bitmaps stay
+		// consistent.
+		keep, err := img.keepBitmaps(!img.checkOnly)
+		if err != nil {
+			return err
+		}
+		if keep {
+			keepAutoclear |= autoclearBitmaps
+		}
+	}
 	// A check open leaves a dirty image to Check, which repairs only what
 	// it is asked to, as qemu-img check does.
 	if img.h.incompatible&incDirty != 0 && !img.checkOnly {
@@ -247,8 +260,8 @@ func (img *Image) openWritable() error {
 		img.h.incompatible &^= incDirty
 		img.headerDirty = true
 	}
-	if img.h.version >= 3 && img.h.autoclear != 0 {
-		img.h.autoclear = 0
+	if img.h.version >= 3 && img.h.autoclear != keepAutoclear {
+		img.h.autoclear = keepAutoclear
 		img.headerDirty = true
 	}
 	if img.headerDirty {
