@@ -114,12 +114,45 @@ type Image struct {
 
 // Open opens a qcow2 image from its container.
 func Open(f block.File, opts *block.OpenOptions) (block.Image, error) {
-	img, err := open(f, opts, DefaultL2CacheBytes, DefaultRefcountCacheBytes)
+	l2, rb, err := cacheSizes(opts)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	img, err := open(f, opts, l2, rb)
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
 	return img, nil
+}
+
+// MaxCacheBytes bounds the metadata cache sizes a user may ask for. The
+// caches fill lazily, so it only catches mistakes (a size in the wrong
+// unit), not memory a small image would use.
+const MaxCacheBytes int64 = 1 << 40
+
+// cacheSizes picks the metadata cache sizes of an open: the options'
+// l2-cache-size and refcount-cache-size, or the defaults. Sizes below four
+// clusters are raised to four by the caches themselves, as QEMU raises
+// them to its own minimum.
+func cacheSizes(opts *block.OpenOptions) (l2, rb int64, err error) {
+	l2, rb = DefaultL2CacheBytes, DefaultRefcountCacheBytes
+	for _, c := range []struct {
+		name string
+		v    int64
+		dst  *int64
+	}{{"l2-cache-size", opts.L2CacheSize, &l2}, {"refcount-cache-size", opts.RefcountCacheSize, &rb}} {
+		switch {
+		case c.v < 0:
+			return 0, 0, fmt.Errorf("qcow2: %s must not be negative", c.name)
+		case c.v > MaxCacheBytes:
+			return 0, 0, fmt.Errorf("qcow2: %s %s is too large (at most %s)", c.name, block.FormatSize(c.v), block.FormatSize(MaxCacheBytes))
+		case c.v > 0:
+			*c.dst = c.v
+		}
+	}
+	return l2, rb, nil
 }
 
 // OpenCache is Open with explicit metadata cache sizes in bytes.
