@@ -57,3 +57,13 @@ run $VDISK check -r all m.qcow2 | grep -v "allocated\|Image end"
 qcheck m.qcow2
 run $VDISK io -c "write -P 5 0 4k" m.qcow2 | grep -v "^wrote\|/sec"
 qcheck m.qcow2
+echo "== a dirty lazy-refcounts image: the rebuild counts the bitmaps"
+qemu-img create -q -f qcow2 -o lazy_refcounts=on l.qcow2 4M
+qemu-img bitmap --add l.qcow2 b0
+qemu-io -c "write -P 1 0 64k" l.qcow2 >/dev/null
+sh -c 'qemu-io -c "write -P 2 1M 128k" -c abort l.qcow2; true' >/dev/null 2>&1
+qemu-img info -U --output json l.qcow2 | grep -c '"dirty-flag": true'
+run $VDISK io -c "write -P 3 2M 64k" l.qcow2 | grep -v "^wrote\|/sec"
+qcheck l.qcow2
+bitmaps l.qcow2
+qemu-io -r -c "read -P 1 0 64k" -c "read -P 2 1M 128k" -c "read -P 3 2M 64k" l.qcow2 | grep -c "^read"

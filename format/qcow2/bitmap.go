@@ -161,6 +161,7 @@ func (img *Image) keepBitmaps(markInUse bool) (bool, error) {
 	if d == nil {
 		return false, nil
 	}
+	img.bitmapDir = [2]int64{d.off, d.size}
 	if !markInUse {
 		return true, nil
 	}

@@ -201,3 +201,38 @@ func TestBitmapsBadEntryRefused(t *testing.T) {
 		t.Errorf("error: %v", err)
 	}
 }
+
+// With the bitmap directory's refcount wrongly zero, the allocator would
+// hand its cluster out; the overlap check refuses to write over it.
+func TestBitmapDirOverlap(t *testing.T) {
+	name := bitmapImage(t)
+	b, _ := os.ReadFile(name)
+	dir := binary.BigEndian.Uint64(b[bitmapsExt(t, b)+16:])
+	rt := binary.BigEndian.Uint64(b[48:])
+	rb := binary.BigEndian.Uint64(b[rt:])
+	binary.BigEndian.PutUint16(b[rb+2*(dir>>16):], 0)
+	if err := os.WriteFile(name, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img, err := block.Open(name, block.OpenOptions{Format: "qcow2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var werr error
+	for off := int64(1 << 20); off < 4<<20 && werr == nil; off += 64 << 10 {
+		_, werr = img.WriteAt(make([]byte, 64<<10), off)
+	}
+	img.Close()
+	if werr == nil || !strings.Contains(werr.Error(), "bitmap directory") {
+		t.Fatalf("write: %v, want the overlap check to name the bitmap directory", werr)
+	}
+	// The two entries (32 bytes each: "b0" and "b1" padded) as they were,
+	// but for the in-use flags.
+	want := append([]byte(nil), b[dir:dir+64]...)
+	want[15] |= 1
+	want[32+15] |= 1
+	after, _ := os.ReadFile(name)
+	if !bytes.Equal(after[dir:dir+64], want) {
+		t.Errorf("bitmap directory overwritten:\n% x\nwant\n% x", after[dir:dir+64], want)
+	}
+}

@@ -100,7 +100,8 @@ type Image struct {
 	compNext            int64           // next free byte in the cluster compressed data is packed into, 0 = none
 	snapshots           []snapshot
 	oldSnapshotTableLen int64
-	lazy                bool // lazy refcounts: the dirty bit is set on disk
+	bitmapDir           [2]int64 // offset and size of the bitmap directory kept valid, for the overlap check
+	lazy                bool     // lazy refcounts: the dirty bit is set on disk
 	corrupt             bool
 	snapErr             error    // snapshot table unreadable (read-only check opens only)
 	snapDropped         []string // snapshots a repairing check open discarded; Check rewrites the table
