@@ -6,6 +6,7 @@
 # refuses to resize inconsistent bitmaps; a malformed extension refuses a
 # writable open.
 # needs: qemu-img qemu-io
+pattern() { "$@" 2>&1 | grep -q "verification failed" && echo "pattern MISMATCH" || echo "patterns ok"; }
 run() { "$@" 2>&1; echo "exit ${PIPESTATUS[0]}"; }
 bitmaps() { qemu-img info -U "$1" | sed -n '/bitmaps:/,/refcount bits/p' | grep -v 'refcount bits'; }
 qcheck() { qemu-img check "$1" 2>&1 | grep -v "allocated\|Image end"; echo "exit ${PIPESTATUS[0]}"; }
@@ -17,7 +18,7 @@ cp b.qcow2 orig.qcow2
 echo "== read-only opens change nothing"
 sum=$(md5sum <b.qcow2)
 $VDISK info b.qcow2 | sed -n '/bitmaps:/,/refcount bits/p' | grep -v 'refcount bits'
-$VDISK io -r -c "read -P 1 0 64k" b.qcow2 | grep -c "^read"
+pattern $VDISK io -r -c "read -P 1 0 64k" b.qcow2
 [ "$(md5sum <b.qcow2)" = "$sum" ] && echo "file unchanged"
 echo "== plain, allocating, zero and discard writes"
 run $VDISK io -c "write -P 2 0 4k" -c "write -P 3 1M 1M" -c "write -z 3M 64k" -c "discard 2M 64k" b.qcow2 | grep -v "^wrote\|^discard\|/sec"
@@ -30,7 +31,7 @@ run $VDISK io -c "write -P 4 0 2M" b.qcow2 | grep -v "^wrote\|/sec"
 run $VDISK snapshot -a s1 b.qcow2
 run $VDISK snapshot -d s1 b.qcow2
 qcheck b.qcow2
-qemu-io -r -c "read -P 2 0 4k" -c "read -P 3 1M 1M" b.qcow2 | grep -c "^read"
+pattern qemu-io -r -c "read -P 2 0 4k" -c "read -P 3 1M 1M" b.qcow2
 echo "== check -r all keeps the bitmaps' clusters"
 run $VDISK check -r all b.qcow2
 qcheck b.qcow2
@@ -66,4 +67,4 @@ qemu-img info -U --output json l.qcow2 | grep -c '"dirty-flag": true'
 run $VDISK io -c "write -P 3 2M 64k" l.qcow2 | grep -v "^wrote\|/sec"
 qcheck l.qcow2
 bitmaps l.qcow2
-qemu-io -r -c "read -P 1 0 64k" -c "read -P 2 1M 128k" -c "read -P 3 2M 64k" l.qcow2 | grep -c "^read"
+pattern qemu-io -r -c "read -P 1 0 64k" -c "read -P 2 1M 128k" -c "read -P 3 2M 64k" l.qcow2
