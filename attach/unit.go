@@ -155,7 +155,8 @@ func openImage(a *ctl.AttachArgs, peer *unix.Ucred) (img block.Image, path, form
 			}
 		}
 	}
-	img, err = block.Open(path, block.OpenOptions{Format: a.Format, ReadOnly: a.ReadOnly, CacheSize: a.CacheSize})
+	img, err = block.Open(path, block.OpenOptions{Format: a.Format, ReadOnly: a.ReadOnly, CacheSize: a.CacheSize,
+		L2CacheSize: a.L2CacheSize, RefcountCacheSize: a.RefcountCacheSize})
 	if err != nil {
 		if strings.Contains(err.Error(), "read-only file system") {
 			return nil, "", "", withErrno(syscall.EROFS, "%s: %v; use -r to attach it read-only", a.File, err)

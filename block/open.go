@@ -32,6 +32,12 @@ type OpenOptions struct {
 	// CacheSize, when positive, puts a read cache of that many bytes in
 	// front of the image.
 	CacheSize int64
+	// L2CacheSize and RefcountCacheSize, when positive, size a format's
+	// metadata caches in bytes (QEMU's l2-cache-size and
+	// refcount-cache-size, per image and not inherited by its backing
+	// chain); 0 keeps the driver's default. Formats without such caches
+	// ignore them.
+	L2CacheSize, RefcountCacheSize int64
 	// Unsafe is QEMU's cache=unsafe, qemu-img convert's default for its
 	// target: Flush and Close need not make data durable. For scratch
 	// copies that can be redone after a crash. Drivers may ignore it.

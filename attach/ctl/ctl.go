@@ -96,6 +96,10 @@ type AttachArgs struct {
 	// Unit asks for a particular unit (vdN or N); empty picks the first free.
 	Unit      string `json:"unit,omitempty"`
 	CacheSize int64  `json:"cache-size,omitempty"`
+	// L2CacheSize and RefcountCacheSize size a qcow2 image's metadata
+	// caches (block.OpenOptions); 0 keeps the defaults.
+	L2CacheSize       int64 `json:"l2-cache-size,omitempty"`
+	RefcountCacheSize int64 `json:"refcount-cache-size,omitempty"`
 	// MemSize, when positive, attaches a RAM disk of that many bytes
 	// instead of a file.
 	MemSize int64 `json:"mem-size,omitempty"`

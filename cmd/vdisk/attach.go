@@ -14,6 +14,7 @@ import (
 func init() {
 	var stateDir, format, unit, cacheSize, memSize string
 	var readOnly, noPassthrough bool
+	var meta metaCacheFlags
 	var secbits int
 	c := &cobra.Command{
 		Use:   "attach [-f FMT] [-r] [-s SECBITS] [-u UNIT] [--cache-size N] FILE | --mem SIZE",
@@ -50,6 +51,11 @@ for it the daemon registers them (see vdisk rescan after repartitioning).
 				}
 				a.CacheSize = n
 			}
+			var mo block.OpenOptions
+			if err := meta.apply(&mo); err != nil {
+				return err
+			}
+			a.L2CacheSize, a.RefcountCacheSize = mo.L2CacheSize, mo.RefcountCacheSize
 			if memSize != "" {
 				n, err := block.ParseSize(memSize)
 				if err != nil || n <= 0 {
@@ -91,6 +97,7 @@ for it the daemon registers them (see vdisk rescan after repartitioning).
 	f.StringVarP(&unit, "unit", "u", "", "unit to attach to (vdN)")
 	f.StringVar(&cacheSize, "cache-size", "", "read cache size in bytes (suffixes k, M, G)")
 	f.StringVar(&memSize, "mem", "", "attach a RAM disk of SIZE bytes")
+	meta.register(f)
 	f.BoolVar(&noPassthrough, "no-passthrough", false, "serve raw images in userspace instead of FUSE passthrough")
 	rootCmd.AddCommand(c)
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"vdisk/block"
+	"vdisk/format/qcow2"
 )
 
 // openFlags are the flags shared by commands that open an image.
@@ -14,7 +15,41 @@ type openFlags struct {
 	format     string
 	forceShare bool
 	cacheSize  string
+	meta       metaCacheFlags
 	check      bool // opening for a check (see block.OpenOptions.Check)
+}
+
+// metaCacheFlags are QEMU's qcow2 runtime options l2-cache-size and
+// refcount-cache-size.
+type metaCacheFlags struct{ l2, refcount string }
+
+func (m *metaCacheFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&m.l2, "l2-cache-size", "", "qcow2 L2 table cache size (e.g. 32M; default 4M, at least 4 clusters)")
+	fs.StringVar(&m.refcount, "refcount-cache-size", "", "qcow2 refcount block cache size (e.g. 1M; default 1M, at least 4 clusters)")
+}
+
+// apply parses the flags into o.
+func (m *metaCacheFlags) apply(o *block.OpenOptions) error {
+	for _, f := range []struct {
+		name, v string
+		dst     *int64
+	}{{"l2-cache-size", m.l2, &o.L2CacheSize}, {"refcount-cache-size", m.refcount, &o.RefcountCacheSize}} {
+		if f.v == "" {
+			continue
+		}
+		n, err := block.ParseSize(f.v)
+		if err != nil {
+			return fmt.Errorf("--%s: %w", f.name, err)
+		}
+		if n == 0 {
+			return fmt.Errorf("--%s: the size must not be zero", f.name)
+		}
+		if n > qcow2.MaxCacheBytes {
+			return fmt.Errorf("--%s: %s is too large (at most %s)", f.name, block.FormatSize(n), block.FormatSize(qcow2.MaxCacheBytes))
+		}
+		*f.dst = n
+	}
+	return nil
 }
 
 func (o *openFlags) register(fs *pflag.FlagSet, withShare bool) {
@@ -23,6 +58,7 @@ func (o *openFlags) register(fs *pflag.FlagSet, withShare bool) {
 		fs.BoolVarP(&o.forceShare, "force-share", "U", false, "open the image even if another process uses it (read-only)")
 	}
 	fs.StringVar(&o.cacheSize, "cache-size", "", "read cache size (e.g. 64M)")
+	o.meta.register(fs)
 }
 
 func (o *openFlags) cache() (int64, error) {
@@ -45,14 +81,18 @@ func (o *openFlags) open(name string, readOnly bool, noBacking bool) (block.Imag
 	if o.forceShare && !readOnly {
 		return nil, fmt.Errorf("%s: --force-share (-U) is only allowed for read-only access", name)
 	}
-	return block.Open(name, block.OpenOptions{
+	opts := block.OpenOptions{
 		Format:     o.format,
 		ReadOnly:   readOnly,
 		ForceShare: o.forceShare,
 		NoBacking:  noBacking,
 		CacheSize:  cs,
 		Check:      o.check,
-	})
+	}
+	if err := o.meta.apply(&opts); err != nil {
+		return nil, err
+	}
+	return block.Open(name, opts)
 }
 
 // outputFormat validates --output.

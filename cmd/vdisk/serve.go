@@ -35,6 +35,7 @@ var serveFlags struct {
 	tlsKey      string
 	tlsCA       string
 	cacheSize   string
+	meta        metaCacheFlags
 	exports     []string
 	pidFile     string
 	verbose     bool
@@ -72,6 +73,7 @@ func init() {
 	f.StringVar(&serveFlags.tlsKey, "tls-key", "", "server private key (PEM)")
 	f.StringVar(&serveFlags.tlsCA, "tls-ca", "", "CA (PEM) that client certificates must be signed by")
 	f.StringVar(&serveFlags.cacheSize, "cache-size", "", "read cache size per image (e.g. 64M)")
+	serveFlags.meta.register(f)
 	f.StringArrayVar(&serveFlags.exports, "export", nil, "add an export NAME=FILE[,format=F][,readonly] (repeatable)")
 	f.StringVar(&serveFlags.pidFile, "pid-file", "", "write the server's PID to this file once it listens")
 	f.BoolVarP(&serveFlags.verbose, "verbose", "v", false, "log client errors to stderr")
@@ -144,6 +146,10 @@ func runServe(cmd *cobra.Command, args []string) error {
 		}
 		cache = n
 	}
+	var meta block.OpenOptions
+	if err := serveFlags.meta.apply(&meta); err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
 	if serveFlags.shared < 0 {
 		return errors.New("serve: --shared must be 0 or more")
 	}
@@ -171,7 +177,8 @@ func runServe(cmd *cobra.Command, args []string) error {
 		return errors.Join(errs...)
 	}
 	for _, s := range specs {
-		img, err := block.Open(s.file, block.OpenOptions{Format: s.format, ReadOnly: s.readOnly, CacheSize: cache})
+		img, err := block.Open(s.file, block.OpenOptions{Format: s.format, ReadOnly: s.readOnly, CacheSize: cache,
+			L2CacheSize: meta.L2CacheSize, RefcountCacheSize: meta.RefcountCacheSize})
 		if err != nil {
 			closeAll()
 			return err

@@ -53,8 +53,13 @@ func (c *cache) add(t *table) *table {
 	return t
 }
 
+// evictLocked never evicts the most recently used table: the caller that
+// just loaded it is about to change it, and once every other table is
+// dirty it would otherwise be the only clean one, evicted at once and its
+// changes lost with it.
 func (c *cache) evictLocked() {
-	for e := c.lru.Back(); e != nil && len(c.m) > c.cap; {
+	front := c.lru.Front()
+	for e := c.lru.Back(); e != nil && e != front && len(c.m) > c.cap; {
 		prev := e.Prev()
 		t := e.Value.(*table)
 		if !t.dirty {

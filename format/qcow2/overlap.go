@@ -16,7 +16,8 @@ const (
 	olRefblock
 	olSnapTable
 	olSnapL1
-	olAll = olHeader | olL1 | olL2 | olReftable | olRefblock | olSnapTable | olSnapL1
+	olBitmapDir
+	olAll = olHeader | olL1 | olL2 | olReftable | olRefblock | olSnapTable | olSnapL1 | olBitmapDir
 )
 
 // metaOverlap names the metadata of the kinds in mask that host range
@@ -41,6 +42,8 @@ func (img *Image) metaOverlap(off, n int64, mask int) string {
 		// The table on disk, not the in-memory list, which changes
 		// before its new table is allocated.
 		return "snapshot table"
+	case mask&olBitmapDir != 0 && in(img.bitmapDir[0], img.bitmapDir[1]):
+		return "bitmap directory"
 	}
 	if mask&olSnapL1 != 0 {
 		for _, s := range img.snapshots {

@@ -100,7 +100,8 @@ type Image struct {
 	compNext            int64           // next free byte in the cluster compressed data is packed into, 0 = none
 	snapshots           []snapshot
 	oldSnapshotTableLen int64
-	lazy                bool // lazy refcounts: the dirty bit is set on disk
+	bitmapDir           [2]int64 // offset and size of the bitmap directory kept valid, for the overlap check
+	lazy                bool     // lazy refcounts: the dirty bit is set on disk
 	corrupt             bool
 	snapErr             error    // snapshot table unreadable (read-only check opens only)
 	snapDropped         []string // snapshots a repairing check open discarded; Check rewrites the table
@@ -114,12 +115,45 @@ type Image struct {
 
 // Open opens a qcow2 image from its container.
 func Open(f block.File, opts *block.OpenOptions) (block.Image, error) {
-	img, err := open(f, opts, DefaultL2CacheBytes, DefaultRefcountCacheBytes)
+	l2, rb, err := cacheSizes(opts)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	img, err := open(f, opts, l2, rb)
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
 	return img, nil
+}
+
+// MaxCacheBytes bounds the metadata cache sizes a user may ask for. The
+// caches fill lazily, so it only catches mistakes (a size in the wrong
+// unit), not memory a small image would use.
+const MaxCacheBytes int64 = 1 << 40
+
+// cacheSizes picks the metadata cache sizes of an open: the options'
+// l2-cache-size and refcount-cache-size, or the defaults. Sizes below four
+// clusters are raised to four by the caches themselves, as QEMU raises
+// them to its own minimum.
+func cacheSizes(opts *block.OpenOptions) (l2, rb int64, err error) {
+	l2, rb = DefaultL2CacheBytes, DefaultRefcountCacheBytes
+	for _, c := range []struct {
+		name string
+		v    int64
+		dst  *int64
+	}{{"l2-cache-size", opts.L2CacheSize, &l2}, {"refcount-cache-size", opts.RefcountCacheSize, &rb}} {
+		switch {
+		case c.v < 0:
+			return 0, 0, fmt.Errorf("qcow2: %s must not be negative", c.name)
+		case c.v > MaxCacheBytes:
+			return 0, 0, fmt.Errorf("qcow2: %s %s is too large (at most %s)", c.name, block.FormatSize(c.v), block.FormatSize(MaxCacheBytes))
+		case c.v > 0:
+			*c.dst = c.v
+		}
+	}
+	return l2, rb, nil
 }
 
 // OpenCache is Open with explicit metadata cache sizes in bytes.
@@ -229,10 +263,23 @@ func open(f block.File, opts *block.OpenOptions, l2Bytes, rbBytes int64) (*Image
 // openWritable prepares a read-write open: an image left dirty by lazy
 // refcounts gets its refcounts rebuilt first, as QEMU does, and autoclear
 // bits of features this driver does not maintain are cleared so that their
-// stale data is not trusted later.
+// stale data is not trusted later. Persistent bitmaps are the exception:
+// they are marked in use first and stay valid (see bitmap.go).
 func (img *Image) openWritable() error {
 	img.mu.Lock()
 	defer img.mu.Unlock()
+	var keepAutoclear uint64
+	if img.h.version >= 3 {
+		// A check open changes no guest data, so its bitmaps stay
+		// consistent.
+		keep, err := img.keepBitmaps(!img.checkOnly)
+		if err != nil {
+			return err
+		}
+		if keep {
+			keepAutoclear |= autoclearBitmaps
+		}
+	}
 	// A check open leaves a dirty image to Check, which repairs only what
 	// it is asked to, as qemu-img check does.
 	if img.h.incompatible&incDirty != 0 && !img.checkOnly {
@@ -247,8 +294,8 @@ func (img *Image) openWritable() error {
 		img.h.incompatible &^= incDirty
 		img.headerDirty = true
 	}
-	if img.h.version >= 3 && img.h.autoclear != 0 {
-		img.h.autoclear = 0
+	if img.h.version >= 3 && img.h.autoclear != keepAutoclear {
+		img.h.autoclear = keepAutoclear
 		img.headerDirty = true
 	}
 	if img.headerDirty {

@@ -18,6 +18,11 @@ func (img *Image) Resize(size int64, shrink bool) error {
 	if img.closed {
 		return block.ErrClosed
 	}
+	if img.hasBitmaps() {
+		// QEMU cannot resize inconsistent bitmaps either, and this
+		// driver's bitmaps are all marked in use.
+		return errors.New("qcow2: cannot resize an image with persistent bitmaps, which vdisk does not maintain (remove them first: qemu-img bitmap --remove)")
+	}
 	if len(img.snapshots) > 0 && size < img.Size() {
 		return errors.New("qcow2: cannot shrink an image with internal snapshots")
 	}
