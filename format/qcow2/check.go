@@ -163,6 +163,13 @@ func (c *checker) walkL1(l1 []uint64, active bool) {
 				}
 				c.lastHost = h + img.cs
 			}
+			if img.df != nil {
+				// Data file clusters are not refcounted; their place is fixed.
+				if vc := int64(i)<<img.l2Bits + int64(j); h != vc<<img.cbits+img.cs {
+					c.errorf("ERROR offset=%x: data file cluster of guest offset %#x is not at its guest offset; L2 entry corrupted", h-img.cs, vc<<img.cbits)
+				}
+				continue
+			}
 			c.inc(h, img.cs)
 		}
 	}
@@ -371,7 +378,7 @@ func (img *Image) checkPass() (*block.CheckResult, bool, int, error) {
 		}
 		for j := 0; j < 1<<img.l2Bits; j++ {
 			e := img.getEntry(t, j)
-			if e.compressed() || e.host() == 0 || e.host()&(img.cs-1) != 0 {
+			if e.compressed() || e.host() == 0 || e.host()&(img.cs-1) != 0 || img.df != nil {
 				continue
 			}
 			rc, err := img.refcount(e.host() >> img.cbits)

@@ -278,6 +278,9 @@ func (img *Image) SnapshotCreate(name string) error {
 	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
+	if img.df != nil {
+		return errors.New("qcow2: internal snapshots are not supported with an external data file")
+	}
 	img.mu.Lock()
 	defer img.mu.Unlock()
 	if len(img.snapshots) >= maxSnapshots {
