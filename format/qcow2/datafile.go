@@ -234,3 +234,71 @@ func (img *Image) dataFileInfo(d block.OrderedMap) block.OrderedMap {
 }
 
 var errDataFileCompressed = errors.New("qcow2: compression is not supported with an external data file")
+
+// createDataFile handles the data_file and data_file_raw create options as
+// qemu-img does: the data file is created (emptied if it exists) with the
+// virtual size and preallocated as asked, and the header gets the feature
+// bit, the name extension and, with data_file_raw, the autoclear bit. A
+// raw data file needs every cluster mapped, so it implies metadata
+// preallocation. It returns the preallocation mode left for the qcow2
+// metadata.
+func createDataFile(f block.File, h *header, opts block.Options, size int64, prealloc string) (string, error) {
+	name := opts.String("data_file", "")
+	raw := opts.Bool("data_file_raw", false)
+	if name == "" {
+		if raw {
+			return "", errors.New("qcow2: data-file-raw requires data-file")
+		}
+		return prealloc, nil
+	}
+	if h.version < 3 {
+		return "", errors.New("qcow2: external data files are only supported with compatibility level 1.1 and above (use compat=1.1 or greater)")
+	}
+	if h.backingFile != "" && raw {
+		return "", errors.New("qcow2: backing file and data-file-raw cannot be used at the same time")
+	}
+	if len(name) > 1023 {
+		return "", errors.New("qcow2: data file name too long")
+	}
+	full := block.ResolveBacking(f.Name(), name)
+	df, err := block.OpenFile(full, block.OpenFlags{Create: true})
+	if err != nil {
+		return "", fmt.Errorf("qcow2: could not create data file '%s': %w", name, err)
+	}
+	err = df.Truncate(0)
+	if err == nil {
+		err = df.Truncate(size)
+	}
+	if err == nil {
+		switch prealloc {
+		case "falloc":
+			a, ok := df.(block.Allocator)
+			if !ok {
+				err = errors.New("preallocation=falloc is not supported by this container")
+			} else {
+				err = a.Allocate(0, size)
+			}
+		case "full":
+			err = block.WriteZeroBytes(df, 0, size)
+		}
+	}
+	if err == nil {
+		err = df.Sync()
+	}
+	if cerr := df.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("qcow2: data file '%s': %w", name, err)
+	}
+	h.dataFile = name
+	h.incompatible |= incDataFile
+	h.exts = append(h.exts, extension{extDataFile, []byte(name)})
+	if raw {
+		h.autoclear |= autoclearRawData
+		if prealloc == "off" {
+			prealloc = "metadata"
+		}
+	}
+	return prealloc, nil
+}
