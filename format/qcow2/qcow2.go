@@ -95,7 +95,7 @@ type Image struct {
 	backing             block.Image
 	df                  block.File // external data file, nil without one
 	dfName              string
-	dfRaw               bool // data_file_raw: the data file is kept equal to the guest view
+	dfRaw               bool            // data_file_raw: the data file is kept equal to the guest view
 	pending             map[int64]int64 // cluster index -> refcount decrements due after the next metadata sync
 	pendingFrees        int64           // about how many pending clusters the decrements free
 	freeHint            int64           // no free cluster below this index
