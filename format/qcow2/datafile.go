@@ -9,6 +9,7 @@ package qcow2
 import (
 	"errors"
 	"fmt"
+	"os"
 
 	"vdisk/block"
 )
@@ -31,15 +32,29 @@ func (img *Image) openDataFile() error {
 		return fmt.Errorf("qcow2: image uses an external data file but has no data file name (header extension %#x missing)", uint32(extDataFile))
 	}
 	full := block.ResolveBacking(img.name, h.dataFile)
-	df, err := block.OpenFile(full, block.OpenFlags{ReadOnly: img.ro, ForceShare: img.opts.ForceShare})
+	if full != h.dataFile && block.IsLocalName(full) {
+		// A relative name is looked for next to the image, as backing
+		// files are; QEMU 7.2 takes it relative to its working directory
+		// instead, where qemu-img create also puts it, so that is where
+		// to look when the image's directory has no such file.
+		if _, err := os.Stat(full); errors.Is(err, os.ErrNotExist) {
+			if _, err := os.Stat(h.dataFile); err == nil {
+				full = h.dataFile
+			}
+		}
+	}
+	df, err := openDataFileFunc(full, block.OpenFlags{ReadOnly: img.ro, ForceShare: img.opts.ForceShare})
 	if err != nil {
 		return fmt.Errorf("qcow2: could not open data file '%s': %w", h.dataFile, err)
 	}
 	img.df = df
-	img.dfName = full
 	img.dfRaw = h.autoclear&autoclearRawData != 0
 	return nil
 }
+
+// openDataFileFunc opens data files; the fuzz tests replace it so that a
+// mutated header cannot name a real file to write to.
+var openDataFileFunc = block.OpenFile
 
 func (img *Image) hasExt(typ uint32) bool {
 	for _, e := range img.h.exts {
@@ -260,8 +275,10 @@ func createDataFile(f block.File, h *header, opts block.Options, size int64, pre
 	if len(name) > 1023 {
 		return "", errors.New("qcow2: data file name too long")
 	}
-	full := block.ResolveBacking(f.Name(), name)
-	df, err := block.OpenFile(full, block.OpenFlags{Create: true})
+	// As qemu-img: a relative name is created relative to the working
+	// directory (and opening looks there too when it is not next to the
+	// image).
+	df, err := block.OpenFile(name, block.OpenFlags{Create: true})
 	if err != nil {
 		return "", fmt.Errorf("qcow2: could not create data file '%s': %w", name, err)
 	}

@@ -93,8 +93,7 @@ type Image struct {
 	// for the overlap check; nil after either table changes.
 	tables              atomic.Pointer[tableIndex]
 	backing             block.Image
-	df                  block.File // external data file, nil without one
-	dfName              string
+	df                  block.File      // external data file, nil without one
 	dfRaw               bool            // data_file_raw: the data file is kept equal to the guest view
 	pending             map[int64]int64 // cluster index -> refcount decrements due after the next metadata sync
 	pendingFrees        int64           // about how many pending clusters the decrements free

@@ -405,6 +405,15 @@ func (img *Image) fixCopied() (int, error) {
 			if e.compressed() || e.host() == 0 {
 				continue
 			}
+			if img.df != nil {
+				// Data file clusters have an implicit refcount of 1.
+				if !e.copied() {
+					e.d |= flagCopied
+					img.setEntry(t, j, e)
+					fixed++
+				}
+				continue
+			}
 			rc, err := img.refcount(e.host() >> img.cbits)
 			if err != nil {
 				return fixed, err

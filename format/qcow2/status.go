@@ -55,6 +55,11 @@ func (img *Image) BlockStatus(off, n int64) ([]block.Extent, error) {
 	if !prealloc {
 		return out, nil
 	}
+	if img.df != nil {
+		// The data clusters are in the data file, as QEMU's recursion
+		// into it finds.
+		return block.RefineZero(img.df, out)
+	}
 	return block.RefineZero(img.f, out)
 }
 
