@@ -129,6 +129,10 @@ func (c *checker) walkL1(l1 []uint64, active bool) {
 		c.lastHost = 0
 		for j := 0; j < 1<<img.l2Bits; j++ {
 			e := img.getEntry(t, j)
+			if e.compressed() && img.df != nil {
+				c.errorf("ERROR compressed cluster at guest offset %#x in an image with an external data file; L2 entry corrupted", (int64(i)<<img.l2Bits+int64(j))<<img.cbits)
+				continue
+			}
 			if e.compressed() {
 				if e.copied() {
 					c.errorf("ERROR: coffset=%x: copied flag must never be set for compressed clusters", e.d&img.compOffMask)

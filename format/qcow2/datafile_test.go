@@ -261,3 +261,61 @@ func TestDataFileResize(t *testing.T) {
 		t.Fatalf("data file size after resize: %v %v", st.Size(), err)
 	}
 }
+
+// TestDataFileCorruptEntries: L2 entries a data file rules out (a host
+// offset other than the guest offset, a compressed cluster) are errors for
+// reads and for check, never panics or reads of other guest data.
+func TestDataFileCorruptEntries(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		entry uint64
+		want  string
+	}{
+		{"offset", 1<<63 | 0x30000, "does not match guest cluster offset"},
+		{"compressed", 1<<62 | 0x30000, "compressed cluster"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			name := filepath.Join(dir, "a.qcow2")
+			createIn(t, dir, "data_file=d.raw", "1M")
+			qemuIn(t, dir, "qemu-io", "-c", "write -P 1 0 128k", "a.qcow2")
+			b, err := os.ReadFile(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			be := func(o int) uint64 {
+				var v uint64
+				for _, c := range b[o : o+8] {
+					v = v<<8 | uint64(c)
+				}
+				return v
+			}
+			l2 := int(be(int(be(40))) & 0x00fffffffffffe00)
+			for k := 0; k < 8; k++ {
+				b[l2+8+k] = byte(tc.entry >> (56 - 8*k))
+			}
+			if err := os.WriteFile(name, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			img, err := block.Open(name, block.OpenOptions{ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer img.Close()
+			buf := make([]byte, 4096)
+			if _, err := img.ReadAt(buf, 0); err != nil {
+				t.Fatalf("intact cluster 0: %v", err)
+			}
+			if _, err := img.ReadAt(buf, 65536); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("read: got %v, want %q", err, tc.want)
+			}
+			res, err := img.(block.Checker).Check(block.RepairNone)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Corruptions != 1 {
+				t.Fatalf("check: %d corruptions, want 1: %v", res.Corruptions, res.Messages)
+			}
+		})
+	}
+}
