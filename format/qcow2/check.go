@@ -94,6 +94,9 @@ func (c *checker) loadL2(off int64) (*table, error) {
 	if off+img.cs <= c.fsize {
 		return img.loadTable(img.l2c, off, "L2 table")
 	}
+	if off >= c.fsize {
+		return nil, fmt.Errorf("qcow2: L2 table at %#x: beyond the end of the file", off)
+	}
 	buf := make([]byte, img.cs)
 	if err := readFull(img.f, buf[:c.fsize-off], off); err != nil {
 		return nil, fmt.Errorf("qcow2: L2 table at %#x: %w", off, err)
