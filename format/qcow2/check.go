@@ -94,6 +94,9 @@ func (c *checker) loadL2(off int64) (*table, error) {
 	if off+img.cs <= c.fsize {
 		return img.loadTable(img.l2c, off, "L2 table")
 	}
+	if off >= c.fsize {
+		return nil, fmt.Errorf("qcow2: L2 table at %#x: beyond the end of the file", off)
+	}
 	buf := make([]byte, img.cs)
 	if off >= c.fsize {
 		// Wholly past the end: all zeros, referencing nothing.
@@ -133,6 +136,10 @@ func (c *checker) walkL1(l1 []uint64, active bool) {
 		c.lastHost = 0
 		for j := 0; j < 1<<img.l2Bits; j++ {
 			e := img.getEntry(t, j)
+			if e.compressed() && img.df != nil {
+				c.errorf("ERROR compressed cluster at guest offset %#x in an image with an external data file; L2 entry corrupted", (int64(i)<<img.l2Bits+int64(j))<<img.cbits)
+				continue
+			}
 			if e.compressed() {
 				if e.copied() {
 					c.errorf("ERROR: coffset=%x: copied flag must never be set for compressed clusters", e.d&img.compOffMask)
@@ -166,6 +173,13 @@ func (c *checker) walkL1(l1 []uint64, active bool) {
 					c.frag++
 				}
 				c.lastHost = h + img.cs
+			}
+			if img.df != nil {
+				// Data file clusters are not refcounted; their place is fixed.
+				if vc := int64(i)<<img.l2Bits + int64(j); h != vc<<img.cbits+img.cs {
+					c.errorf("ERROR offset=%x: data file cluster of guest offset %#x is not at its guest offset; L2 entry corrupted", h-img.cs, vc<<img.cbits)
+				}
+				continue
 			}
 			c.inc(h, img.cs)
 		}
@@ -375,7 +389,7 @@ func (img *Image) checkPass() (*block.CheckResult, bool, int, error) {
 		}
 		for j := 0; j < 1<<img.l2Bits; j++ {
 			e := img.getEntry(t, j)
-			if e.compressed() || e.host() == 0 || e.host()&(img.cs-1) != 0 {
+			if e.compressed() || e.host() == 0 || e.host()&(img.cs-1) != 0 || img.df != nil {
 				continue
 			}
 			rc, err := img.refcount(e.host() >> img.cbits)

@@ -113,6 +113,9 @@ func (img *Image) WriteCompressed(p []byte, off int64) error {
 	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
+	if img.df != nil {
+		return errDataFileCompressed
+	}
 	if err := block.CheckRange(off, int64(len(p)), img.Size()); err != nil {
 		return err
 	}

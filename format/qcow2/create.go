@@ -20,6 +20,8 @@ var createOptions = []block.OptionSpec{
 	{Name: "compat", Type: block.OptString, Help: "Compatibility level (v2 [0.10] or v3 [1.1]; default 1.1)"},
 	{Name: "backing_file", Type: block.OptString, Help: "File name of a base image"},
 	{Name: "backing_fmt", Type: block.OptString, Help: "Image format of the base image"},
+	{Name: "data_file", Type: block.OptString, Help: "File name of an external data file"},
+	{Name: "data_file_raw", Type: block.OptBool, Help: "The external data file must stay valid as a raw image"},
 	{Name: "lazy_refcounts", Type: block.OptBool, Default: "off", Help: "Postpone refcount updates"},
 	{Name: "refcount_bits", Type: block.OptNumber, Default: "16", Help: "Width of a reference count entry in bits"},
 }
@@ -125,6 +127,10 @@ func create(f block.File, opts block.Options) error {
 	if size%512 != 0 {
 		return errors.New("qcow2: image size must be a multiple of 512 bytes")
 	}
+	prealloc, err := createDataFile(f, h, opts, size, prealloc)
+	if err != nil {
+		return err
+	}
 	if h.version >= 3 {
 		h.exts = append(h.exts, extension{extFeatureTable, featureTable()})
 	}
@@ -164,7 +170,7 @@ func create(f block.File, opts block.Options) error {
 	if err := errors.Join(err, img.Close()); err != nil {
 		return err
 	}
-	if len(runs) == 0 {
+	if len(runs) == 0 || h.dataFile != "" {
 		return nil
 	}
 	end := runs[len(runs)-1][1]
@@ -209,7 +215,7 @@ func (img *Image) preallocate() ([][2]int64, error) {
 			return nil, err
 		}
 		k := min(n-vc, int64(1)<<img.l2Bits-int64(idx))
-		host, err := img.allocClusters(k)
+		host, err := img.allocData(vc, k)
 		if err != nil {
 			return nil, err
 		}

@@ -175,9 +175,6 @@ func parseHeader(b []byte, fileSize int64) (*header, error) {
 	if unk := h.incompatible &^ incKnown; unk != 0 {
 		return nil, fmt.Errorf("qcow2: unsupported incompatible features: %s", h.featureNames(0, unk))
 	}
-	if h.incompatible&incDataFile != 0 {
-		return nil, errors.New("qcow2: unsupported incompatible feature: external data file")
-	}
 	if h.compressionType > compressionZstd {
 		return nil, fmt.Errorf("qcow2: unknown compression type %d", h.compressionType)
 	}

@@ -250,7 +250,7 @@ func (img *Image) writeInPlace(p []byte, off int64) (bool, error) {
 		if !img.inPlace(e, pos-vc<<img.cbits, cend-vc<<img.cbits) {
 			return false, nil
 		}
-		if img.metaOverlap(e.host(), img.cs, olAll) != "" {
+		if img.dataOverlap(e.host()) != "" {
 			return false, nil // the exclusive path marks the image corrupt
 		}
 		h := e.host() + pos&(img.cs-1)
@@ -262,7 +262,7 @@ func (img *Image) writeInPlace(p []byte, off int64) (bool, error) {
 		pos = cend
 	}
 	for _, x := range ws {
-		if _, err := img.f.WriteAt(p[x.goff-off:x.goff-off+x.n], x.host); err != nil {
+		if _, err := img.data().WriteAt(p[x.goff-off:x.goff-off+x.n], x.host); err != nil {
 			return false, fmt.Errorf("qcow2: writing data at %#x: %w", x.host, err)
 		}
 	}
@@ -284,12 +284,12 @@ func (img *Image) writeLocked(p []byte, off int64) error {
 		}
 		e := img.getEntry(t, idx)
 		if e.host() != 0 && !e.compressed() && e.copied() {
-			if what := img.metaOverlap(e.host(), img.cs, olAll); what != "" {
+			if what := img.dataOverlap(e.host()); what != "" {
 				return img.markCorrupt(what, e.host(), img.cs)
 			}
 		}
 		if img.inPlace(e, pos-cstart, cend-cstart) {
-			if _, err := img.f.WriteAt(p[pos-off:cend-off], e.host()+pos-cstart); err != nil {
+			if _, err := img.data().WriteAt(p[pos-off:cend-off], e.host()+pos-cstart); err != nil {
 				return fmt.Errorf("qcow2: writing data: %w", err)
 			}
 			pos = cend
@@ -299,7 +299,7 @@ func (img *Image) writeLocked(p []byte, off int64) error {
 		if pos == cstart && cend == cstart+img.cs && reuse {
 			// A preallocated zero cluster (or one with unallocated
 			// subclusters) owned by us: overwrite it whole.
-			if _, err := img.f.WriteAt(p[pos-off:cend-off], e.host()); err != nil {
+			if _, err := img.data().WriteAt(p[pos-off:cend-off], e.host()); err != nil {
 				return fmt.Errorf("qcow2: writing data: %w", err)
 			}
 			img.setEntry(t, idx, img.dataEntry(e.host()))
@@ -316,11 +316,11 @@ func (img *Image) writeLocked(p []byte, off int64) error {
 					break
 				}
 			}
-			host, err := img.allocClusters(n)
+			host, err := img.allocData(vc, n)
 			if err != nil {
 				return err
 			}
-			if _, err := img.f.WriteAt(p[pos-off:pos-off+n<<img.cbits], host); err != nil {
+			if _, err := img.data().WriteAt(p[pos-off:pos-off+n<<img.cbits], host); err != nil {
 				return fmt.Errorf("qcow2: writing data at %#x: %w", host, err)
 			}
 			for i := int64(0); i < n; i++ {
@@ -351,12 +351,12 @@ func (img *Image) writeLocked(p []byte, off int64) error {
 		copy(buf[pos-cstart:], p[pos-off:cend-off])
 		host := e.host()
 		if !reuse {
-			if host, err = img.allocClusters(1); err != nil {
+			if host, err = img.allocData(vc, 1); err != nil {
 				img.bufPool.Put(bp)
 				return err
 			}
 		}
-		_, err = img.f.WriteAt(buf, host)
+		_, err = img.data().WriteAt(buf, host)
 		img.bufPool.Put(bp)
 		if err != nil {
 			return fmt.Errorf("qcow2: writing data at %#x: %w", host, err)
@@ -394,11 +394,11 @@ func (img *Image) writeSubclusters(t *table, idx int, e l2e, at int64, p []byte)
 	host := e.host()
 	if host == 0 {
 		var err error
-		if host, err = img.allocClusters(1); err != nil {
+		if host, err = img.allocData(cstart>>img.cbits, 1); err != nil {
 			return err
 		}
 	}
-	if _, err := img.f.WriteAt(data, host+from); err != nil {
+	if _, err := img.data().WriteAt(data, host+from); err != nil {
 		return fmt.Errorf("qcow2: writing data at %#x: %w", host+from, err)
 	}
 	m := uint64(img.subMask(from, to))
@@ -541,6 +541,12 @@ func (img *Image) flushLocked(closing bool) error {
 func (img *Image) sync() error {
 	if img.opts.Unsafe {
 		return nil
+	}
+	if img.df != nil {
+		// Guest data first: the metadata written after this refers to it.
+		if err := img.df.Sync(); err != nil {
+			return fmt.Errorf("qcow2: sync data file: %w", err)
+		}
 	}
 	if err := img.f.Sync(); err != nil {
 		return fmt.Errorf("qcow2: sync: %w", err)

@@ -71,6 +71,9 @@ func (img *Image) l2Index(vc int64) (l1i int64, idx int) {
 func (img *Image) getEntry(t *table, idx int) l2e {
 	o := idx * img.l2EntSize
 	e := l2e{d: binary.BigEndian.Uint64(t.buf[o:])}
+	if img.df != nil {
+		e.d = img.fromDisk(e.d)
+	}
 	if img.ext {
 		e.bm = binary.BigEndian.Uint64(t.buf[o+8:])
 	}
@@ -79,7 +82,11 @@ func (img *Image) getEntry(t *table, idx int) l2e {
 
 func (img *Image) setEntry(t *table, idx int, e l2e) {
 	o := idx * img.l2EntSize
-	binary.BigEndian.PutUint64(t.buf[o:], e.d)
+	d := e.d
+	if img.df != nil {
+		d = img.toDisk(d)
+	}
+	binary.BigEndian.PutUint64(t.buf[o:], d)
 	if img.ext {
 		binary.BigEndian.PutUint64(t.buf[o+8:], e.bm)
 	}
@@ -123,6 +130,9 @@ func (img *Image) lookup(vc int64) (l2e, error) {
 		}
 	} else if e.d&^flagCopied&^offsetMask&^flagZero != 0 || e.host()&(img.cs-1) != 0 {
 		return l2e{}, fmt.Errorf("qcow2: invalid L2 entry %#x for guest offset %#x (corrupt image)", e.d, vc<<img.cbits)
+	}
+	if err := img.checkDataEntry(e, vc); err != nil {
+		return l2e{}, err
 	}
 	if img.ext && e.host() == 0 && !e.compressed() && uint32(e.bm) != 0 {
 		return l2e{}, fmt.Errorf("qcow2: allocated subclusters without a host cluster at guest offset %#x (corrupt image)", vc<<img.cbits)

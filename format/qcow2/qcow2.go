@@ -93,6 +93,8 @@ type Image struct {
 	// for the overlap check; nil after either table changes.
 	tables              atomic.Pointer[tableIndex]
 	backing             block.Image
+	df                  block.File      // external data file, nil without one
+	dfRaw               bool            // data_file_raw: the data file is kept equal to the guest view
 	pending             map[int64]int64 // cluster index -> refcount decrements due after the next metadata sync
 	pendingFrees        int64           // about how many pending clusters the decrements free
 	freeHint            int64           // no free cluster below this index
@@ -242,9 +244,15 @@ func open(f block.File, opts *block.OpenOptions, l2Bytes, rbBytes int64) (*Image
 			}
 		}
 	}
+	if err := img.openDataFile(); err != nil {
+		return nil, err
+	}
 	if h.backingFile != "" && !opts.NoBacking {
 		b, err := block.OpenBacking(img.name, h.backingFile, h.backingFmt, opts)
 		if err != nil {
+			if img.df != nil {
+				img.df.Close()
+			}
 			return nil, fmt.Errorf("qcow2: %w", err)
 		}
 		img.backing = b
@@ -253,6 +261,9 @@ func open(f block.File, opts *block.OpenOptions, l2Bytes, rbBytes int64) (*Image
 		if err := img.openWritable(); err != nil {
 			if img.backing != nil {
 				img.backing.Close()
+			}
+			if img.df != nil {
+				img.df.Close()
 			}
 			return nil, err
 		}
@@ -294,8 +305,9 @@ func (img *Image) openWritable() error {
 		img.h.incompatible &^= incDirty
 		img.headerDirty = true
 	}
-	if img.h.version >= 3 && img.h.autoclear != keepAutoclear {
-		img.h.autoclear = keepAutoclear
+	keepAutoclear |= img.keptAutoclear()
+	if img.h.version >= 3 && img.h.autoclear&^keepAutoclear != 0 {
+		img.h.autoclear &= keepAutoclear
 		img.headerDirty = true
 	}
 	if img.headerDirty {
@@ -323,7 +335,7 @@ func readFull(f block.File, p []byte, off int64) error {
 // readData reads image data, treating the part past the end of the
 // container as zeros (a sparse or truncated preallocated image).
 func (img *Image) readData(p []byte, off int64) error {
-	n, err := img.f.ReadAt(p, off)
+	n, err := img.data().ReadAt(p, off)
 	if n == len(p) {
 		return nil
 	}
@@ -407,7 +419,7 @@ func (img *Image) Info() (*block.Info, error) {
 		if bms := img.bitmapInfo(); len(bms) > 0 {
 			d = d.Add("bitmaps", bms)
 		}
-		d = d.Add("refcount-bits", 1<<img.rcBits).
+		d = img.dataFileInfo(d.Add("refcount-bits", 1<<img.rcBits)).
 			Add("corrupt", h.incompatible&incCorrupt != 0).
 			Add("extended-l2", img.ext)
 	}
@@ -481,6 +493,9 @@ func (img *Image) Close() error {
 	}
 	if img.backing != nil {
 		errs = append(errs, img.backing.Close())
+	}
+	if img.df != nil {
+		errs = append(errs, img.df.Close())
 	}
 	errs = append(errs, img.f.Close())
 	img.closeErr = errors.Join(errs...)

@@ -222,6 +222,9 @@ func (img *Image) free(off, n int64) {
 
 // freeEntry queues freeing whatever host clusters an L2 entry references.
 func (img *Image) freeEntry(e l2e) {
+	if img.df != nil {
+		return // data file clusters are not refcounted
+	}
 	if e.compressed() {
 		_, _, rs, rl := img.compRange(e)
 		img.free(rs, rl)

@@ -26,8 +26,19 @@ func (img *Image) Resize(size int64, shrink bool) error {
 	if len(img.snapshots) > 0 && size < img.Size() {
 		return errors.New("qcow2: cannot shrink an image with internal snapshots")
 	}
+	old := img.Size()
 	if err := img.resizeLocked(size, shrink, true); err != nil {
 		return err
+	}
+	if size > old {
+		if err := img.growDataFile(size); err != nil {
+			return err
+		}
+		if img.dfRaw {
+			if err := img.zeroDataFile(old, size-old, true); err != nil {
+				return err
+			}
+		}
 	}
 	return img.flushLocked(false)
 }

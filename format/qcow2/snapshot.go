@@ -278,6 +278,9 @@ func (img *Image) SnapshotCreate(name string) error {
 	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
+	if img.df != nil {
+		return errors.New("qcow2: internal snapshots are not supported with an external data file")
+	}
 	img.mu.Lock()
 	defer img.mu.Unlock()
 	if len(img.snapshots) >= maxSnapshots {
@@ -400,6 +403,15 @@ func (img *Image) fixCopied() (int, error) {
 		for j := 0; j < 1<<img.l2Bits; j++ {
 			e := img.getEntry(t, j)
 			if e.compressed() || e.host() == 0 {
+				continue
+			}
+			if img.df != nil {
+				// Data file clusters have an implicit refcount of 1.
+				if !e.copied() {
+					e.d |= flagCopied
+					img.setEntry(t, j, e)
+					fixed++
+				}
 				continue
 			}
 			rc, err := img.refcount(e.host() >> img.cbits)

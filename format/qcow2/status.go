@@ -26,16 +26,15 @@ func (img *Image) BlockStatus(off, n int64) ([]block.Extent, error) {
 	var out []block.Extent
 	img.mu.RLock()
 	err := img.mapRange(off, n, func(s seg) error {
-		e := block.Extent{Offset: s.goff, Length: s.n, HostOffset: s.host}
+		e := block.Extent{Offset: s.goff, Length: s.n, HostOffset: img.reportHost(s.host)}
 		switch s.k {
 		case kData:
 			e.Status = block.StatusData
-			e.File = img.name
 		case kZero:
 			e.Status = block.StatusZero
 		}
 		if s.host >= 0 {
-			e.File = img.name
+			e.File = img.dataName()
 		}
 		switch s.k {
 		case kCompressed:
@@ -55,6 +54,11 @@ func (img *Image) BlockStatus(off, n int64) ([]block.Extent, error) {
 	}
 	if !prealloc {
 		return out, nil
+	}
+	if img.df != nil {
+		// The data clusters are in the data file, as QEMU's recursion
+		// into it finds.
+		return block.RefineZero(img.df, out)
 	}
 	return block.RefineZero(img.f, out)
 }

@@ -34,6 +34,9 @@ func (img *Image) Discard(off, n int64) error {
 	if err := img.zeroClusters(start, end, true); err != nil {
 		return err
 	}
+	if err := img.zeroDataFile(start<<img.cbits, (end-start)<<img.cbits, true); err != nil {
+		return err
+	}
 	return img.afterMetaChange()
 }
 
@@ -130,6 +133,9 @@ func (img *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
 	if err := img.zeroClusters(start, end, flags&block.ZeroMayUnmap != 0); err != nil {
 		return err
 	}
+	if err := img.zeroDataFile(start<<img.cbits, (end-start)<<img.cbits, flags&block.ZeroMayUnmap != 0); err != nil {
+		return err
+	}
 	return img.afterMetaChange()
 }
 
@@ -182,6 +188,11 @@ func (img *Image) zeroSubclusters(off, n int64) error {
 				}
 				e = img.getEntry(t, idx)
 				img.setEntry(t, idx, l2e{d: e.d, bm: e.bm&^m | m<<32})
+				if img.dfRaw {
+					if err := img.zeroDataFile(pos, cend-pos, false); err != nil {
+						return err
+					}
+				}
 			}
 			pos = cend
 		}
