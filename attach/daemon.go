@@ -526,7 +526,7 @@ func (d *Daemon) cleanStale() {
 		if err != nil {
 			continue
 		}
-		rdev, _ := readDev(filepath.Join("/sys/block", name, "dev"))
+		rdev, _ := loop.ReadDevNum(filepath.Join("/sys/block", name, "dev"))
 		if why := loop.Users(name, rdev); len(why) > 0 {
 			d.log.Warn("stale loop device still in use; it is released when its users let go", "device", "/dev/"+name, "reason", strings.Join(why, "; "))
 			continue
@@ -555,18 +555,6 @@ func (d *Daemon) cleanStale() {
 		os.Remove(filepath.Join(fuseDir, e.Name()))
 	}
 	os.Remove(filepath.Join(d.cfg.StateDir, ctl.StateName))
-}
-
-func readDev(path string) (uint64, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	var maj, mnr uint32
-	if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d:%d", &maj, &mnr); err != nil {
-		return 0, err
-	}
-	return unix.Mkdev(maj, mnr), nil
 }
 
 // mountsUnder lists mount points below dir, deepest first.

@@ -240,7 +240,7 @@ func Users(name string, rdev uint64) []string {
 	devs := map[uint64]string{rdev: name}
 	parts, _ := filepath.Glob(filepath.Join("/sys/block", name, name+"p*"))
 	for _, p := range parts {
-		if dn, err := readDevNum(filepath.Join(p, "dev")); err == nil {
+		if dn, err := ReadDevNum(filepath.Join(p, "dev")); err == nil {
 			devs[dn] = filepath.Base(p)
 		}
 	}
@@ -294,7 +294,8 @@ func Users(name string, rdev uint64) []string {
 	return why
 }
 
-func readDevNum(path string) (uint64, error) {
+// ReadDevNum reads a sysfs "dev" file (MAJ:MIN) as a device number.
+func ReadDevNum(path string) (uint64, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0, err
@@ -351,7 +352,7 @@ func (d *Device) AddPartition(num int, start, length int64) error {
 	part := fmt.Sprintf("%sp%d", d.Name(), num)
 	node := "/dev/" + part
 	if _, err := os.Stat(node); errors.Is(err, os.ErrNotExist) {
-		if dev, err := readDevNum(filepath.Join("/sys/block", d.Name(), part, "dev")); err == nil {
+		if dev, err := ReadDevNum(filepath.Join("/sys/block", d.Name(), part, "dev")); err == nil {
 			if unix.Mknod(node, unix.S_IFBLK|0o660, int(dev)) == nil {
 				d.nodes = append(d.nodes, node)
 			}
