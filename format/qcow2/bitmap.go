@@ -51,13 +51,11 @@ func (img *Image) bitmapExt() []byte {
 	if img.h.version < 3 || img.h.autoclear&autoclearBitmaps == 0 {
 		return nil
 	}
-	for _, e := range img.h.exts {
-		if e.typ == extBitmaps {
-			if e.data == nil {
-				return []byte{}
-			}
-			return e.data
+	if data, ok := img.h.ext(extBitmaps); ok {
+		if data == nil {
+			return []byte{} // present but empty: a malformed extension
 		}
+		return data
 	}
 	return nil
 }
@@ -86,6 +84,12 @@ func (img *Image) readBitmapDir() (*bitmapDir, error) {
 		return nil, fmt.Errorf("bitmap directory offset %#x is not cluster aligned", dirOff)
 	case dirSize < bmEntryHeader || dirSize > bmMaxDirSize:
 		return nil, fmt.Errorf("bitmap directory size %d is invalid", dirSize)
+	}
+	// The directory must be in the file before its size sets a buffer.
+	if fsize, err := img.f.Size(); err != nil {
+		return nil, err
+	} else if dirOff > uint64(fsize) || dirSize > uint64(fsize)-dirOff {
+		return nil, fmt.Errorf("bitmap directory at %#x (%d bytes) is beyond the end of the file", dirOff, dirSize)
 	}
 	d := &bitmapDir{off: int64(dirOff), size: int64(dirSize), raw: make([]byte, dirSize)}
 	if err := readFull(img.f, d.raw, d.off); err != nil {

@@ -545,12 +545,7 @@ func (c *checker) countBitmaps() {
 	if img.h.autoclear&autoclearBitmaps == 0 {
 		return
 	}
-	var ext []byte
-	for _, e := range img.h.exts {
-		if e.typ == extBitmaps {
-			ext = e.data
-		}
-	}
+	ext, _ := img.h.ext(extBitmaps)
 	if len(ext) < 24 {
 		return
 	}

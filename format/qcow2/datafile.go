@@ -28,7 +28,7 @@ func (img *Image) openDataFile() error {
 	if h.version < 3 {
 		return errors.New("qcow2: external data file feature in a version 2 image")
 	}
-	if !img.hasExt(extDataFile) || h.dataFile == "" {
+	if _, ok := h.ext(extDataFile); !ok || h.dataFile == "" {
 		return fmt.Errorf("qcow2: image uses an external data file but has no data file name (header extension %#x missing)", uint32(extDataFile))
 	}
 	full := block.ResolveBacking(img.name, h.dataFile)
@@ -55,15 +55,6 @@ func (img *Image) openDataFile() error {
 // openDataFileFunc opens data files; the fuzz tests replace it so that a
 // mutated header cannot name a real file to write to.
 var openDataFileFunc = block.OpenFile
-
-func (img *Image) hasExt(typ uint32) bool {
-	for _, e := range img.h.exts {
-		if e.typ == typ {
-			return true
-		}
-	}
-	return false
-}
 
 // In memory, host offsets of data file clusters are biased by one cluster
 // so that "host offset 0" keeps meaning unallocated everywhere: in a data

@@ -376,3 +376,16 @@ func (h *header) encode(cs int) ([]byte, error) {
 	}
 	return b, nil
 }
+
+// ext returns the data of the header extension of type typ (the last one,
+// should there be several) and whether there is one.
+func (h *header) ext(typ uint32) ([]byte, bool) {
+	var data []byte
+	found := false
+	for _, e := range h.exts {
+		if e.typ == typ {
+			data, found = e.data, true
+		}
+	}
+	return data, found
+}

@@ -434,12 +434,7 @@ func (img *Image) bitmapInfo() []any {
 	if img.h.autoclear&autoclearBitmaps == 0 {
 		return nil
 	}
-	var ext []byte
-	for _, e := range img.h.exts {
-		if e.typ == extBitmaps {
-			ext = e.data
-		}
-	}
+	ext, _ := img.h.ext(extBitmaps)
 	if len(ext) < 24 {
 		return nil
 	}
