@@ -75,8 +75,8 @@ func create(f block.File, opts block.Options) error {
 
 func blockSizeOpt(opts block.Options) (uint32, error) {
 	bs := opts.Size("block_size", 2<<20)
-	if bs < minBlockSize || bs > maxBlockSize || bits.OnesCount64(uint64(bs)) != 1 {
-		return 0, fmt.Errorf("vhd: block_size %d is not a power of two between %d and %d", bs, minBlockSize, maxBlockSize)
+	if bs < minBitmapBlock || bs > maxBlockSize || bits.OnesCount64(uint64(bs)) != 1 {
+		return 0, fmt.Errorf("vhd: block_size %d is not a power of two between %d and %d", bs, minBitmapBlock, maxBlockSize)
 	}
 	return uint32(bs), nil
 }

@@ -92,11 +92,27 @@ func seedImage(t testing.TB, opts block.Options) []byte {
 	return f.b
 }
 
-func seeds(t testing.TB) [][]byte {
-	return [][]byte{
-		seedImage(t, block.Options{"size": int64(16 << 10), "block_size": int64(512), "force_size": true}),
-		seedImage(t, block.Options{"size": int64(8 << 10), "subformat": "fixed", "force_size": true}),
-		seedImage(t, block.Options{"size": int64(34 << 10), "block_size": int64(1024)}),
+type namedSeed struct {
+	name string
+	b    []byte
+}
+
+func seeds(t testing.TB) []namedSeed {
+	diff := handImage(t, typeDifferencing, 32<<10, 4096, []locatorData{{platW2ru, encodeUTF16("parent.vhd", leUTF16)}}, nil)
+	mf := &memFile{b: diff}
+	img, err := Open(mf, &block.OpenOptions{NoBacking: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img.WriteAt(bytes.Repeat([]byte{0xAB}, 100), 1000)
+	img.WriteAt(bytes.Repeat([]byte{0xCD}, 5000), 7000)
+	img.Close()
+	return []namedSeed{
+		{"seed0", seedImage(t, block.Options{"size": int64(16 << 10), "block_size": int64(4096), "force_size": true})},
+		{"seed1", seedImage(t, block.Options{"size": int64(8 << 10), "subformat": "fixed", "force_size": true})},
+		{"seed2", seedImage(t, block.Options{"size": int64(34 << 10), "block_size": int64(4096)})},
+		{"diff-4k-block", mf.b},
+		{"diff-tiny-block", tinyDifferencing(t, nil)},
 	}
 }
 
@@ -108,7 +124,8 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	for _, target := range []string{"FuzzOpenRead", "FuzzParseFooter", "FuzzParseHeader"} {
 		dir := filepath.Join("testdata", "fuzz", target)
 		os.MkdirAll(dir, 0o755)
-		for i, s := range seeds(t) {
+		for _, sd := range seeds(t) {
+			s := sd.b
 			switch target {
 			case "FuzzParseFooter":
 				s = s[len(s)-footerSize:]
@@ -119,7 +136,7 @@ func TestWriteFuzzSeeds(t *testing.T) {
 				s = s[footerSize : footerSize+headerSize]
 			}
 			body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", s)
-			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed%d", i)), []byte(body), 0o644); err != nil {
+			if err := os.WriteFile(filepath.Join(dir, sd.name), []byte(body), 0o644); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -176,30 +193,35 @@ func FuzzOpenRead(f *testing.F) {
 			return
 		}
 		defer img.Close()
-		size := img.Size()
-		buf := make([]byte, 8192)
-		for _, off := range []int64{0, size / 3, size - 8192} {
-			if off < 0 || off+8192 > size {
-				continue
-			}
-			img.ReadAt(buf, off)
-			img.BlockStatus(off, 8192)
-		}
-		if _, err := block.MapChain(img, 0, min(size, 1<<20)); err != nil {
-			return
-		}
-		if size >= 4096 && !img.ReadOnly() {
-			p := bytes.Repeat([]byte{0x5A}, 1500)
-			if _, err := img.WriteAt(p, size/2-700); err == nil {
-				got := make([]byte, len(p))
-				if _, err := img.ReadAt(got, size/2-700); err == nil && !bytes.Equal(got, p) {
-					t.Fatal("read after write differs")
-				}
-			}
-		}
-		img.Info()
-		if c, ok := img.(block.Checker); ok {
-			c.Check(block.RepairAll)
-		}
+		exercise(t, img)
 	})
+}
+
+// exercise reads, maps, writes, describes and repairs an opened image.
+func exercise(t *testing.T, img block.Image) {
+	size := img.Size()
+	buf := make([]byte, 8192)
+	for _, off := range []int64{0, size / 3, size - 8192} {
+		if off < 0 || off+8192 > size {
+			continue
+		}
+		img.ReadAt(buf, off)
+		img.BlockStatus(off, 8192)
+	}
+	if _, err := block.MapChain(img, 0, min(size, 1<<20)); err != nil {
+		return
+	}
+	if size >= 4096 && !img.ReadOnly() {
+		p := bytes.Repeat([]byte{0x5A}, 1500)
+		if _, err := img.WriteAt(p, size/2-700); err == nil {
+			got := make([]byte, len(p))
+			if _, err := img.ReadAt(got, size/2-700); err == nil && !bytes.Equal(got, p) {
+				t.Fatal("read after write differs")
+			}
+		}
+	}
+	img.Info()
+	if c, ok := img.(block.Checker); ok {
+		c.Check(block.RepairAll)
+	}
 }

@@ -17,6 +17,13 @@ const (
 	maxLocatorData = 64 << 10
 	minBlockSize   = sectorSize
 	maxBlockSize   = 1 << 30 // far beyond the 2 MiB everyone uses; bounds bitmap buffers
+	// minBitmapBlock is the smallest block whose sector bitmap fills a
+	// whole byte. Below it the specification still pads the bitmap to one
+	// sector but QEMU rounds it down to none, so the two disagree on where
+	// the block's data starts. vdisk creates no such blocks, opens dynamic
+	// disks that have them as QEMU does (their reads never need the
+	// bitmap), and refuses differencing disks that have them.
+	minBitmapBlock = 8 * sectorSize
 )
 
 // Locator platform codes.
@@ -115,7 +122,8 @@ func (h *Header) marshal() []byte {
 	return b
 }
 
-// bitmapSize is the size of a block's sector bitmap, padded to a sector.
+// bitmapSize is the size of a block's sector bitmap, padded to a sector,
+// by QEMU's reading: 0 for blocks below minBitmapBlock.
 func bitmapSize(blockSize uint32) int64 {
 	n := int64(blockSize) / sectorSize / 8
 	return (n + sectorSize - 1) / sectorSize * sectorSize

@@ -220,6 +220,13 @@ var testHookSpan func()
 func (m *Image) writeAllocated(idx int64, e uint32, in int64, p []byte) error {
 	s0, s1 := in/sectorSize, (in+int64(len(p))-1)/sectorSize
 	boff := int64(e)*sectorSize + m.bmSize
+	if m.dtype == typeDynamic && m.bmSize == 0 {
+		// Blocks below minBitmapBlock, laid out as QEMU does: no bitmap.
+		if _, err := m.f.WriteAt(p, boff+in); err != nil {
+			return fmt.Errorf("vhd: block %d: %w", idx, err)
+		}
+		return nil
+	}
 	if bm, err := m.bitmap(idx, e); err != nil {
 		return err
 	} else if allSet(bm, s0, s1) || m.dtype == typeDynamic {
@@ -312,6 +319,13 @@ func (m *Image) allocWrite(idx, in int64, p []byte) error {
 	start, buf, err := m.sectorSpan(idx, in, p, nil, 0)
 	if err != nil {
 		return fmt.Errorf("vhd: block %d: %w", idx, err)
+	}
+	if m.bmSize == 0 && start > 0 {
+		// The old footer at pos is normally overwritten by the bitmap; a
+		// block without one (QEMU's layout below minBitmapBlock) must
+		// overwrite it with zeros, or it would read as guest data.
+		buf = append(make([]byte, start), buf...)
+		start = 0
 	}
 	// A dynamic disk's new block is marked present in full, as QEMU does:
 	// its unwritten sectors are zeros in the file either way, and later

@@ -34,7 +34,7 @@ var Format = &block.Format{
 		{Name: "size", Type: block.OptSize, Help: "Virtual disk size"},
 		{Name: "subformat", Type: block.OptString, Help: "Type of virtual hard disk format (allowed values: dynamic, fixed; default dynamic)"},
 		{Name: "force_size", Type: block.OptBool, Help: "Keep the exact size instead of rounding it to a CHS geometry (default off)"},
-		{Name: "block_size", Type: block.OptSize, Help: "Block size of dynamic and differencing disks (a power of two; default 2M)"},
+		{Name: "block_size", Type: block.OptSize, Help: "Block size of dynamic and differencing disks (a power of two from 4K to 1G; default 2M)"},
 		{Name: "backing_file", Type: block.OptString, Help: "Parent image of a differencing disk"},
 		{Name: "backing_fmt", Type: block.OptString, Help: "Format of the parent image (vhd)"},
 	},
@@ -219,6 +219,9 @@ func (m *Image) openDynamic(fsize int64, opts *block.OpenOptions) error {
 		m.headerDirty = true
 	}
 	m.hdr, m.hdrRaw = h, hb
+	if m.dtype == typeDifferencing && h.BlockSize < minBitmapBlock {
+		return fmt.Errorf("vhd: dynamic header: block size %d of a differencing disk is below %d, where the size of the sector bitmap is ambiguous (one sector by the specification, none by QEMU)", h.BlockSize, minBitmapBlock)
+	}
 	m.blockSize = int64(h.BlockSize)
 	m.bmSize = bitmapSize(h.BlockSize)
 	m.blockTotal = m.bmSize + m.blockSize

@@ -1,0 +1,150 @@
+package vhd
+
+import (
+	"bytes"
+	"encoding/binary"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"vdisk/block"
+)
+
+// handImage lays out a dynamic or differencing disk with any block size,
+// bypassing create's checks, as another tool might have made it.
+// A differencing disk records parent's id and time stamp when given.
+func handImage(t testing.TB, dtype uint32, size int64, bs uint32, locs []locatorData, parent *Footer) []byte {
+	t.Helper()
+	ft, err := newFooter(size, Geometry{maxCyls, maxHeads, maxSecs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ft.DiskType = dtype
+	h := &Header{BlockSize: bs}
+	if dtype == typeDifferencing {
+		h.ParentName = "parent.vhd"
+	}
+	if parent != nil {
+		h.ParentUUID, h.ParentTimestamp = parent.UniqueID, parent.Timestamp
+	}
+	f := &memFile{}
+	if err := writeDynamic(f, ft, h, locs); err != nil {
+		t.Fatal(err)
+	}
+	return f.b
+}
+
+// appendBlock adds block idx, bitmap and data as given, before the footer
+// and points its BAT entry at it.
+func appendBlock(b []byte, idx int, bitmap, data []byte) []byte {
+	be := binary.BigEndian
+	pos := len(b) - footerSize
+	footer := append([]byte(nil), b[pos:]...)
+	b = append(append(append(b[:pos], bitmap...), data...), footer...)
+	bat := be.Uint64(b[footerSize+16:])
+	be.PutUint32(b[bat+4*uint64(idx):], uint32(pos/sectorSize))
+	return b
+}
+
+// tinyDifferencing is a differencing disk with 1 KiB blocks laid out as the
+// specification says (a one-sector bitmap before each block's data), with
+// block 0 allocated and both its sectors marked present.
+func tinyDifferencing(t testing.TB, parent *Footer) []byte {
+	b := handImage(t, typeDifferencing, 32<<10, 1024, []locatorData{{platW2ru, encodeUTF16("parent.vhd", leUTF16)}}, parent)
+	bm := make([]byte, sectorSize)
+	bm[0] = 0xC0
+	return appendBlock(b, 0, bm, bytes.Repeat([]byte{0x42}, 1024))
+}
+
+func TestCreateBlockSizeMinimum(t *testing.T) {
+	for _, bs := range []int64{512, 1024, 2048, 3 << 12} {
+		opts, err := block.ParseOptions(Format.CreateOptions, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts["size"], opts["block_size"] = int64(64<<10), bs
+		err = create(&memFile{}, opts)
+		if err == nil || !strings.Contains(err.Error(), "block_size") || !strings.Contains(err.Error(), "4096") {
+			t.Fatalf("block_size %d: %v, want a refusal naming block_size and 4096", bs, err)
+		}
+	}
+	// 4 KiB is the smallest: its bitmap is one sector by every reading.
+	b := seedImage(t, block.Options{"size": int64(64 << 10), "block_size": int64(4096), "force_size": true})
+	if got := binary.BigEndian.Uint32(b[footerSize+32:]); got != 4096 {
+		t.Fatalf("block size %d", got)
+	}
+}
+
+// TestTinyBlockDifferencingRefused: a differencing disk whose blocks are
+// too small for a whole-sector bitmap is refused at open, naming the field,
+// instead of crashing on its first read or write.
+func TestTinyBlockDifferencingRefused(t *testing.T) {
+	for _, opts := range []block.OpenOptions{{NoBacking: true}, {NoBacking: true, ReadOnly: true}} {
+		_, err := Open(&memFile{b: tinyDifferencing(t, nil)}, &opts)
+		if err == nil || !strings.Contains(err.Error(), "block size 1024") || !strings.Contains(err.Error(), "differencing") {
+			t.Fatalf("open: %v, want a refusal naming the block size", err)
+		}
+	}
+	// Through the CLI path too, with its parent present.
+	dir := t.TempDir()
+	pf := &memFile{}
+	opts, _ := block.ParseOptions(Format.CreateOptions, nil)
+	opts["size"] = int64(64 << 10)
+	if err := create(pf, opts); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "parent.vhd"), pf.b, 0o644)
+	child := filepath.Join(dir, "c.vhd")
+	os.WriteFile(child, tinyDifferencing(t, nil), 0o644)
+	if _, err := block.Open(child, block.OpenOptions{}); err == nil || !strings.Contains(err.Error(), "block size 1024") {
+		t.Fatalf("open: %v", err)
+	}
+}
+
+// TestTinyBlockDynamic: a dynamic disk with blocks under 4 KiB (which QEMU
+// opens, reading them without a bitmap) can be written, rewritten in place
+// and read, and qemu-img reads the same bytes.
+func TestTinyBlockDynamic(t *testing.T) {
+	for _, bs := range []uint32{512, 1024, 2048} {
+		file := filepath.Join(t.TempDir(), "d.vhd")
+		if err := os.WriteFile(file, handImage(t, typeDynamic, 64<<10, bs, nil, nil), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		img, err := block.Open(file, block.OpenOptions{})
+		if err != nil {
+			t.Fatalf("block size %d: %v", bs, err)
+		}
+		want := make([]byte, img.Size())
+		for i, w := range []struct{ off, n int64 }{{100, 200}, {150, 3000}, {0, 512}, {5000, 7}, {5003, 9000}} {
+			p := bytes.Repeat([]byte{byte(i + 1)}, int(w.n))
+			if _, err := img.WriteAt(p, w.off); err != nil {
+				t.Fatalf("block size %d: write %d: %v", bs, i, err)
+			}
+			copy(want[w.off:], p)
+		}
+		if err := img.WriteZeroes(160, 100, 0); err != nil {
+			t.Fatal(err)
+		}
+		clear(want[160:260])
+		if got := readImage(t, img); !bytes.Equal(got, want) {
+			n := 0
+			for got[n] == want[n] {
+				n++
+			}
+			t.Fatalf("block size %d: content differs at %d: %x want %x", bs, n, got[n:n+8], want[n:n+8])
+		}
+		if res, err := img.(block.Checker).Check(block.RepairNone); err != nil || res.Corruptions != 0 || res.Leaks != 0 {
+			t.Fatalf("block size %d: check %+v %v", bs, res, err)
+		}
+		img.Close()
+		raw := file + ".raw"
+		if out, err := exec.Command("qemu-img", "convert", "-f", "vpc", "-O", "raw", file, raw).CombinedOutput(); err != nil {
+			t.Fatalf("qemu-img: %v\n%s", err, out)
+		}
+		if got, _ := os.ReadFile(raw); !bytes.Equal(got, want) {
+			t.Fatalf("block size %d: qemu-img reads different bytes", bs)
+		}
+	}
+}
