@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -145,6 +146,48 @@ func TestTinyBlockDynamic(t *testing.T) {
 		}
 		if got, _ := os.ReadFile(raw); !bytes.Equal(got, want) {
 			t.Fatalf("block size %d: qemu-img reads different bytes", bs)
+		}
+	}
+}
+
+// TestChainSeedsOpen keeps FuzzOpenChain's stored seeds what they are
+// meant to be: a child that opens through the fixed parent, and a child
+// with tiny blocks that is refused.
+func TestChainSeedsOpen(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "parent.vhd"), fuzzParent(t), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"child-4k-block": "", "child-tiny-block": "block size 1024"} {
+		body, err := os.ReadFile(filepath.Join("testdata", "fuzz", "FuzzOpenChain", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(string(body), "\n")
+		s, err := strconv.Unquote(strings.TrimSuffix(strings.TrimPrefix(lines[1], "[]byte("), ")"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		child := filepath.Join(dir, "child.vhd")
+		if err := os.WriteFile(child, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		img, err := block.Open(child, block.OpenOptions{ReadOnly: true})
+		if want != "" {
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("%s: %v, want an error naming %q", name, err, want)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		got := readImage(t, img)
+		img.Close()
+		// The parent's 0xCD at 7000 shows through; the child's 0x11 at 900
+		// covers the parent's 0xAB at 1000.
+		if got[899] != 0 || got[1000] != 0x11 || got[1599] != 0x11 || got[1600] != 0 || got[7000] != 0xCD || got[9000] != 0x22 {
+			t.Fatalf("%s: content through the parent is wrong", name)
 		}
 	}
 }

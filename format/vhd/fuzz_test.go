@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -116,15 +117,73 @@ func seeds(t testing.TB) []namedSeed {
 	}
 }
 
+// fuzzParent is the fixed parent of FuzzOpenChain: a dynamic disk with data
+// and a unique id and time stamp that do not change between runs, so that
+// the stored seeds stay its children.
+func fuzzParent(t testing.TB) []byte {
+	b := seedImage(t, block.Options{"size": int64(32 << 10), "block_size": int64(4096), "force_size": true})
+	ft, err := parseFooter(b[len(b)-footerSize:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	ft.UniqueID = [16]byte{0x76, 0x64, 0x69, 0x73, 0x6b, 0x20, 0x66, 0x75, 0x7a, 0x7a, 0x20, 0x70, 0x61, 0x72, 0x65, 0x6e}
+	ft.Timestamp = 0x2d000000
+	fb := ft.marshal()
+	copy(b, fb)
+	copy(b[len(b)-footerSize:], fb)
+	return b
+}
+
+// chainSeeds are children of fuzzParent as they sit next to it, written
+// through the chain.
+func chainSeeds(t testing.TB) []namedSeed {
+	dir := t.TempDir()
+	parent := fuzzParent(t)
+	pf, err := parseFooter(parent[len(parent)-footerSize:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "parent.vhd"), parent, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	locs := []locatorData{
+		{platW2ru, encodeUTF16("parent.vhd", leUTF16)},
+		{platW2ku, encodeUTF16("missing.vhd", leUTF16)},
+		{platMacX, []byte("parent.vhd")},
+	}
+	child := handImage(t, typeDifferencing, 32<<10, 4096, locs, pf)
+	name := filepath.Join(dir, "child.vhd")
+	if err := os.WriteFile(name, child, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img, err := block.Open(name, block.OpenOptions{Format: "vhd"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img.WriteAt(bytes.Repeat([]byte{0x11}, 700), 900)
+	img.WriteAt(bytes.Repeat([]byte{0x22}, 6000), 9000)
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if child, err = os.ReadFile(name); err != nil {
+		t.Fatal(err)
+	}
+	return []namedSeed{{"child-4k-block", child}, {"child-tiny-block", tinyDifferencing(t, pf)}}
+}
+
 // TestWriteFuzzSeeds regenerates testdata/fuzz with VHD_WRITE_SEEDS=1.
 func TestWriteFuzzSeeds(t *testing.T) {
 	if os.Getenv("VHD_WRITE_SEEDS") == "" {
 		return
 	}
-	for _, target := range []string{"FuzzOpenRead", "FuzzParseFooter", "FuzzParseHeader"} {
+	for _, target := range []string{"FuzzOpenRead", "FuzzParseFooter", "FuzzParseHeader", "FuzzOpenChain"} {
 		dir := filepath.Join("testdata", "fuzz", target)
 		os.MkdirAll(dir, 0o755)
-		for _, sd := range seeds(t) {
+		all := seeds(t)
+		if target == "FuzzOpenChain" {
+			all = chainSeeds(t)
+		}
+		for _, sd := range all {
 			s := sd.b
 			switch target {
 			case "FuzzParseFooter":
@@ -181,7 +240,7 @@ func FuzzParseHeader(f *testing.F) {
 
 // FuzzOpenRead opens a mutated image, reads, maps, writes and checks it.
 // Differencing images are opened without their parent, so no file outside
-// the fuzzer's input is touched.
+// the fuzzer's input is touched; FuzzOpenChain follows parents.
 func FuzzOpenRead(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if len(b) > maxMemFile {
@@ -194,6 +253,54 @@ func FuzzOpenRead(f *testing.F) {
 		}
 		defer img.Close()
 		exercise(t, img)
+	})
+}
+
+// FuzzOpenChain opens the mutated image as a differencing disk next to a
+// fixed parent in a temporary directory, so that the locators, the parent
+// checks and reads and writes through the chain are fuzzed. Only images
+// whose every parent candidate lies in that directory are opened, and the
+// parent's file must never change.
+func FuzzOpenChain(f *testing.F) {
+	dir := f.TempDir()
+	parent := fuzzParent(f)
+	pname, cname := filepath.Join(dir, "parent.vhd"), filepath.Join(dir, "child.vhd")
+	if err := os.WriteFile(pname, parent, 0o644); err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) > maxMemFile {
+			return
+		}
+		img, err := Open(&memFile{b: append([]byte(nil), b...)}, &block.OpenOptions{NoBacking: true, ReadOnly: true})
+		if err != nil {
+			return
+		}
+		m := img.(*Image)
+		var cands []candidate
+		if m.dtype == typeDifferencing {
+			cands, err = m.parentCandidates()
+		}
+		img.Close()
+		if err != nil {
+			return
+		}
+		for _, c := range cands {
+			rel, err := filepath.Rel(dir, block.ResolveBacking(cname, c.path))
+			if err != nil || rel == ".." || strings.HasPrefix(rel, "../") || !block.IsLocalName(c.path) {
+				return
+			}
+		}
+		if err := os.WriteFile(cname, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if img, err := block.Open(cname, block.OpenOptions{Format: "vhd"}); err == nil {
+			exercise(t, img)
+			img.Close()
+		}
+		if got, err := os.ReadFile(pname); err != nil || !bytes.Equal(got, parent) {
+			t.Fatalf("the parent's file changed (%v)", err)
+		}
 	})
 }
 
