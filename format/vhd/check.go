@@ -15,16 +15,16 @@ import (
 // into unreferenced space between blocks and trims the end of the file by
 // moving the footer back.
 //
-// A repair moves blocks, so it must not run alongside guest I/O; vdisk
-// check holds the image exclusively.
+// It excludes guest I/O while it runs: a repair moves blocks and rewrites
+// BAT entries, and a write landing in a block's old place during the move
+// would be lost; even a plain check reads the table and file end as one.
 func (m *Image) Check(mode block.RepairMode) (*block.CheckResult, error) {
 	res := &block.CheckResult{Filename: m.name, Format: "vhd"}
 	if mode != block.RepairNone && m.fileRO {
 		return nil, fmt.Errorf("vhd: %s: %w: cannot repair an image opened read-only", m.name, block.ErrReadOnly)
 	}
-	// Repairs exclude guest I/O for their duration.
-	m.allocMu.Lock()
-	defer m.allocMu.Unlock()
+	m.ioMu.Lock()
+	defer m.ioMu.Unlock()
 	fsize, err := m.f.Size()
 	if err != nil {
 		return nil, err
@@ -255,6 +255,10 @@ func (m *Image) reserved(fsize int64, blocks []region) []region {
 	return out
 }
 
+// testHookCompact, when set by a test, runs after a block is copied and
+// before its BAT entry points at the copy.
+var testHookCompact func(idx int64)
+
 // compact moves the last block of the file into the first gap before it
 // that holds it, and again, until no gap below the last block is big
 // enough. Each move copies the block (bitmap and data), syncs, points the
@@ -311,6 +315,9 @@ func (m *Image) compact(gaps []region) (int, error) {
 		}
 		if err := m.f.Sync(); err != nil {
 			return moved, fmt.Errorf("vhd: sync before moving block %d: %w", b.idx, err)
+		}
+		if testHookCompact != nil {
+			testHookCompact(b.idx)
 		}
 		var ent [4]byte
 		binary.BigEndian.PutUint32(ent[:], uint32(to/sectorSize))

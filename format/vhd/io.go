@@ -10,6 +10,8 @@ import (
 )
 
 func (m *Image) ReadAt(p []byte, off int64) (int, error) {
+	m.ioMu.RLock()
+	defer m.ioMu.RUnlock()
 	if err := block.CheckRange(off, int64(len(p)), m.size); err != nil {
 		return 0, err
 	}
@@ -142,6 +144,17 @@ func (m *Image) writable() error {
 }
 
 func (m *Image) WriteAt(p []byte, off int64) (int, error) {
+	m.ioMu.RLock()
+	defer m.ioMu.RUnlock()
+	return m.writeAt(p, off)
+}
+
+// writerAt adapts a method to io.WriterAt.
+type writerAt func(p []byte, off int64) (int, error)
+
+func (w writerAt) WriteAt(p []byte, off int64) (int, error) { return w(p, off) }
+
+func (m *Image) writeAt(p []byte, off int64) (int, error) {
 	if err := m.writable(); err != nil {
 		return 0, err
 	}
@@ -371,6 +384,8 @@ func (m *Image) allocWrite(idx, in int64, p []byte) error {
 }
 
 func (m *Image) Discard(off, n int64) error {
+	m.ioMu.RLock()
+	defer m.ioMu.RUnlock()
 	if err := m.writable(); err != nil {
 		return err
 	}
@@ -390,6 +405,8 @@ func (m *Image) Discard(off, n int64) error {
 }
 
 func (m *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
+	m.ioMu.RLock()
+	defer m.ioMu.RUnlock()
 	if err := m.writable(); err != nil {
 		return err
 	}
@@ -417,7 +434,7 @@ func (m *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
 		if flags&block.ZeroFast != 0 {
 			return block.ErrNotSupported
 		}
-		return block.WriteZeroBytes(m, off, n)
+		return block.WriteZeroBytes(writerAt(m.writeAt), off, n)
 	}
 	// Dynamic: unallocated blocks already read as zeros; allocated ones
 	// get zero bytes.
@@ -441,7 +458,7 @@ func (m *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
 			return err
 		}
 		if e != batUnused {
-			if err := block.WriteZeroBytes(m, o, next-o); err != nil {
+			if err := block.WriteZeroBytes(writerAt(m.writeAt), o, next-o); err != nil {
 				return err
 			}
 		}
@@ -459,6 +476,8 @@ const maxExtents = 4096
 // zeros. A differencing disk reports the sectors marked in its bitmaps and
 // leaves the rest to the parent.
 func (m *Image) BlockStatus(off, n int64) ([]block.Extent, error) {
+	m.ioMu.RLock()
+	defer m.ioMu.RUnlock()
 	if err := block.CheckRange(off, n, m.size); err != nil {
 		return nil, err
 	}

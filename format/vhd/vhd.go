@@ -87,6 +87,9 @@ type Image struct {
 	badEntry map[uint32]string
 	nextFree int64 // where the footer sits: the next block goes here
 
+	// ioMu is held shared by guest I/O and exclusively by Check. Under it,
+	// allocMu serialises block allocation and a block's stripe its bitmap.
+	ioMu    sync.RWMutex
 	allocMu sync.Mutex
 	stripes [64]sync.Mutex
 	bitmaps *bitmapCache
