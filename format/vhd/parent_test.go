@@ -207,3 +207,42 @@ func TestParentDepthLimit(t *testing.T) {
 		t.Fatalf("the depth error repeats: %v", err)
 	}
 }
+
+// TestOpenRefusesBadFooterFields: a footer (and its copy) with a version
+// or disk type vdisk does not know is refused with a message naming the
+// field, for fixed and dynamic disks.
+func TestOpenRefusesBadFooterFields(t *testing.T) {
+	dir := t.TempDir()
+	for _, sub := range []string{"fixed", "dynamic"} {
+		for _, c := range []struct {
+			want   string
+			change func(*Footer)
+		}{
+			{"file format version 0x00020000 is not 1.x", func(f *Footer) { f.Version = 0x00020000 }},
+			{"file format version 0x", func(f *Footer) { f.Version = 0 }},
+			{"disk type 5 is not fixed (2), dynamic (3) or differencing (4)", func(f *Footer) { f.DiskType = 5 }},
+			{"disk type 1 is not", func(f *Footer) { f.DiskType = 1 }},
+			{"disk type 0 is not", func(f *Footer) { f.DiskType = 0 }},
+		} {
+			file := filepath.Join(dir, sub+".vhd")
+			os.Remove(file)
+			makeVHD(t, file, map[string]string{"size": "1M", "subformat": sub})
+			rewriteFooter(t, file, c.change)
+			for _, o := range []block.OpenOptions{{}, {ReadOnly: true}, {Format: "vhd"}} {
+				img, err := block.Open(file, o)
+				if err == nil {
+					info, _ := img.Info()
+					img.Close()
+					// A fixed disk is probed by its footer's type, so one
+					// that no longer says fixed is a raw image, as in QEMU.
+					if sub == "fixed" && strings.HasPrefix(c.want, "disk type") && o.Format == "" && info.Format == "raw" {
+						continue
+					}
+				}
+				if err == nil || !strings.Contains(err.Error(), "footer: "+c.want) {
+					t.Fatalf("%s, %+v: %v, want an error naming %q", sub, o, err, c.want)
+				}
+			}
+		}
+	}
+}
