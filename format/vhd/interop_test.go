@@ -14,6 +14,7 @@ import (
 
 	"vdisk/block"
 	_ "vdisk/drivers"
+	"vdisk/imgtool"
 )
 
 func run(t *testing.T, name string, args ...string) string {
@@ -86,26 +87,40 @@ func readAll(t *testing.T, img block.Image) []byte {
 	return buf
 }
 
-// TestQemuImages opens images qemu-img made and wrote, and checks that
-// size, content and map agree with qemu-img's.
+// TestQemuImages opens images qemu-img made (by create and qemu-io
+// writes, or by convert from a raw image) and checks that size, content,
+// map and vdisk convert -O raw agree with qemu-img's.
 func TestQemuImages(t *testing.T) {
 	dir := t.TempDir()
 	type tc struct {
-		size  string
-		sub   string
-		force bool
+		size    string
+		sub     string
+		force   bool
+		convert bool
 	}
 	var cases []tc
 	for _, size := range []string{"1M", "10M", "10486272", "40M", "1G"} {
 		for _, sub := range []string{"dynamic", "fixed"} {
 			for _, force := range []bool{false, true} {
-				cases = append(cases, tc{size, sub, force})
+				cases = append(cases, tc{size, sub, force, false})
 			}
 		}
 	}
-	cases = append(cases, tc{"64G", "dynamic", false}, tc{"64G", "dynamic", true}, tc{"200G", "dynamic", false})
+	cases = append(cases, tc{"64G", "dynamic", false, false}, tc{"64G", "dynamic", true, false}, tc{"200G", "dynamic", false, false})
+	// 10,000,000 bytes is neither whole sectors nor a CHS geometry;
+	// 10321920 is 20 cylinders of 16 heads and 63 sectors.
+	for _, size := range []string{"10000000", "10321920", "64M"} {
+		for _, sub := range []string{"dynamic", "fixed"} {
+			for _, force := range []bool{false, true} {
+				cases = append(cases, tc{size, sub, force, true})
+			}
+		}
+	}
 	for i, c := range cases {
 		name := fmt.Sprintf("%s-%s-force%v", c.size, c.sub, c.force)
+		if c.convert {
+			name = "convert-" + name
+		}
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			file := filepath.Join(dir, fmt.Sprintf("q%d.vhd", i))
@@ -113,16 +128,41 @@ func TestQemuImages(t *testing.T) {
 			if c.force {
 				o += ",force_size=on"
 			}
-			run(t, "qemu-img", "create", "-q", "-f", "vpc", "-o", o, file, c.size)
-			size := qemuSize(t, file)
 			// A few patterns, one across a block boundary, one at the end.
-			mid := min(int64(2044<<10), size/2)
-			cmds := []string{"write -P 0x5a 0 4k", fmt.Sprintf("write -P 0x33 %d 8k", mid), fmt.Sprintf("write -P 0x77 %d 512", size-512)}
-			args := []string{"-f", "vpc"}
-			for _, cmd := range cmds {
-				args = append(args, "-c", cmd)
+			write := func(fmt_, file string, size int64) int64 {
+				mid := min(int64(2044<<10), size/2)
+				cmds := []string{"write -P 0x5a 0 4k", fmt.Sprintf("write -P 0x33 %d 8k", mid), fmt.Sprintf("write -P 0x77 %d 1000", size-1000)}
+				args := []string{"-f", fmt_}
+				for _, cmd := range cmds {
+					args = append(args, "-c", cmd)
+				}
+				run(t, "qemu-io", append(args, file)...)
+				return mid
 			}
-			run(t, "qemu-io", append(args, file)...)
+			var size, mid int64
+			if c.convert {
+				src := filepath.Join(dir, fmt.Sprintf("src%d.raw", i))
+				// Made by truncate, as qemu-img create would round the
+				// size up to whole sectors.
+				n, err := block.ParseSize(c.size)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(src, nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Truncate(src, n); err != nil {
+					t.Fatal(err)
+				}
+				write("raw", src, n)
+				run(t, "qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", o, src, file)
+				size = qemuSize(t, file)
+				mid = min(int64(2044<<10), size/2)
+			} else {
+				run(t, "qemu-img", "create", "-q", "-f", "vpc", "-o", o, file, c.size)
+				size = qemuSize(t, file)
+				mid = write("vpc", file, size)
+			}
 			img, err := block.Open(file, block.OpenOptions{ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
@@ -143,6 +183,13 @@ func TestQemuImages(t *testing.T) {
 				}
 				if !bytes.Equal(readAll(t, img), want) {
 					t.Fatal("content differs from qemu-img convert -O raw")
+				}
+				ours := filepath.Join(dir, fmt.Sprintf("v%d.raw", i))
+				if err := imgtool.Convert(file, ours, imgtool.ConvertOptions{DstFormat: "raw", Copy: imgtool.CopyOptions{Sparse: 4096}}); err != nil {
+					t.Fatal(err)
+				}
+				if got, err := os.ReadFile(ours); err != nil || !bytes.Equal(got, want) {
+					t.Fatalf("vdisk convert -O raw differs from qemu-img convert -O raw (%v)", err)
 				}
 			} else {
 				for _, r := range [][2]int64{{0, 8192}, {mid, 8192}, {size - 4096, 4096}} {
