@@ -40,5 +40,6 @@ fuzz:
 bench: build
 	bench/convert.sh ./$(BIN)
 	VDISK=./$(BIN) bench/nbd.sh
+	bench/cache.sh ./$(BIN)
 	bench/attach.sh ./$(BIN)
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./format/... ./block/cache ./imgtool
