@@ -20,11 +20,14 @@ $VDISK create -q -f raw want.raw 6301696
 $VDISK io -f raw -c "write -P 0x11 0 3M" -c "write -P 0x12 5M 100k" -c "write -P 0x21 1M 1000" -c "write -P 0x22 4M 1M" \
 	-c "write -P 0x31 1000 10" -c "write -z 5M 4k" want.raw >/dev/null
 $VDISK compare sub/top.vhd want.raw
+# Without --backing-chain the parent is not opened, but named from the locator.
+$VDISK info sub/top.vhd | grep -E "^backing file|parent locator"
 $VDISK info --backing-chain sub/top.vhd | grep -E "^image|backing file|parent|subformat" | sed 's/unique id: .*/unique id: X/' 
 $VDISK map sub/top.vhd
 vhdiinfo sub/top.vhd | grep -E "Disk type|Parent filename"
 echo "== errors"
 mv base.vhd moved.vhd
+$VDISK info mid.vhd | grep -E "^backing file|parent locator"
 run $VDISK map mid.vhd
 $VDISK create -q -f vhd base.vhd 6M
 run $VDISK map mid.vhd 2>&1 | sed 's/[0-9a-f]\{8\}-[0-9a-f-]*/UUID/g'

@@ -60,11 +60,9 @@ func (m *Image) openParent(opts *block.OpenOptions) error {
 	var tried []string
 	for _, c := range cands {
 		full := block.ResolveBacking(m.name, c.path)
-		if block.IsLocalName(full) {
-			if _, err := os.Stat(full); err != nil {
-				tried = append(tried, fmt.Sprintf("%s '%s'", c.from, full))
-				continue
-			}
+		if !present(full) {
+			tried = append(tried, fmt.Sprintf("%s '%s'", c.from, full))
+			continue
 		}
 		p, err := block.OpenBacking(m.name, c.path, "vhd", opts)
 		var ce *chainError
@@ -85,6 +83,36 @@ func (m *Image) openParent(opts *block.OpenOptions) error {
 		return nil
 	}
 	return fmt.Errorf("vhd: differencing disk %s: parent not found; tried %s", m.name, strings.Join(tried, ", "))
+}
+
+// present reports whether a parent candidate is worth opening: a local
+// file that exists, or a name of another protocol.
+func present(full string) bool {
+	if !block.IsLocalName(full) {
+		return true
+	}
+	_, err := os.Stat(full)
+	return err == nil
+}
+
+// locateParent names, without opening it, the parent that opening the
+// chain would try first (the first candidate present, else the first
+// candidate), so that info shows the backing file of a differencing disk
+// opened without its chain. A locator that cannot be read leaves it
+// unnamed; opening the chain reports that.
+func (m *Image) locateParent() {
+	cands, err := m.parentCandidates()
+	if err != nil || len(cands) == 0 {
+		return
+	}
+	pick := cands[0]
+	for _, c := range cands {
+		if present(block.ResolveBacking(m.name, c.path)) {
+			pick = c
+			break
+		}
+	}
+	m.parentName, m.parentFull, m.parentFrom = pick.path, block.ResolveBacking(m.name, pick.path), pick.from
 }
 
 func (m *Image) verifyParent(p block.Image, full string) error {

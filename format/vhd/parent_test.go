@@ -125,6 +125,21 @@ func TestParentAbsoluteFallback(t *testing.T) {
 	if got := openChild(t, moved); got != "W2ku locator" {
 		t.Fatalf("moved child: parent found by %q, want the W2ku locator", got)
 	}
+	// Opened without its chain (as info does), it still names the parent
+	// that locator finds.
+	img, err := block.Open(moved, block.OpenOptions{ReadOnly: true, NoBacking: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	info, err := img.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, _ := filepath.Abs(filepath.Join(dir, "base.vhd"))
+	if info.BackingFilename != base || info.FullBackingFilename != base || info.BackingFormat != "vhd" || img.Backing() != nil {
+		t.Fatalf("info without the chain: backing %q (%q, %q)", info.BackingFilename, info.FullBackingFilename, info.BackingFormat)
+	}
 }
 
 // TestParentMacX: with only the MacX locator (a file URL, percent-encoded)

@@ -97,7 +97,7 @@ type Image struct {
 	parent      block.Image
 	parentName  string // as found in the locator
 	parentFull  string
-	parentFrom  string // which locator found it
+	parentFrom  string // which locator found it (or would, opened without the chain)
 	parentDepth int
 
 	closeOnce sync.Once
@@ -184,8 +184,10 @@ func open(f block.File, opts *block.OpenOptions) (*Image, error) {
 		return nil, err
 	}
 	m.finishOpen()
-	if m.dtype == typeDifferencing && !opts.NoBacking {
-		if err := m.openParent(opts); err != nil {
+	if m.dtype == typeDifferencing {
+		if opts.NoBacking {
+			m.locateParent()
+		} else if err := m.openParent(opts); err != nil {
 			return nil, err
 		}
 	}
