@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"vdisk/block"
@@ -17,9 +18,18 @@ import (
 	"vdisk/imgtool"
 )
 
+// forkMu keeps vdisk from opening an image for writing while a parallel
+// test starts a process: between fork and exec the child shares the open
+// file descriptions of the moment, so it briefly holds the OFD image locks
+// of a file this process just closed (block.Create's), and the writable
+// open that follows would see them as another user's.
+var forkMu sync.RWMutex
+
 func run(t *testing.T, name string, args ...string) string {
 	t.Helper()
+	forkMu.RLock()
 	out, err := exec.Command(name, args...).CombinedOutput()
+	forkMu.RUnlock()
 	if err != nil {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
@@ -185,7 +195,10 @@ func TestQemuImages(t *testing.T) {
 					t.Fatal("content differs from qemu-img convert -O raw")
 				}
 				ours := filepath.Join(dir, fmt.Sprintf("v%d.raw", i))
-				if err := imgtool.Convert(file, ours, imgtool.ConvertOptions{DstFormat: "raw", Copy: imgtool.CopyOptions{Sparse: 4096}}); err != nil {
+				forkMu.Lock()
+				err = imgtool.Convert(file, ours, imgtool.ConvertOptions{DstFormat: "raw", Copy: imgtool.CopyOptions{Sparse: 4096}})
+				forkMu.Unlock()
+				if err != nil {
 					t.Fatal(err)
 				}
 				if got, err := os.ReadFile(ours); err != nil || !bytes.Equal(got, want) {
