@@ -1,0 +1,115 @@
+package nbd
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"vdisk/format/mem"
+	"vdisk/nbd"
+)
+
+// greeting connects to addr and reports whether the server's greeting
+// arrives within d.
+func greeting(addr string, d time.Duration) (net.Conn, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	c.SetReadDeadline(time.Now().Add(d))
+	var hello [18]byte
+	if _, err := io.ReadFull(c, hello[:]); err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetReadDeadline(time.Time{})
+	if be.Uint64(hello[:]) != nbd.Magic {
+		c.Close()
+		return nil, fmt.Errorf("bad greeting % x", hello)
+	}
+	return c, nil
+}
+
+// acceptFails is a listener whose first accepts fail as they do when the
+// process runs out of file descriptors.
+type acceptFails struct {
+	net.Listener
+	left atomic.Int32
+}
+
+func (l *acceptFails) Accept() (net.Conn, error) {
+	if l.left.Add(-1) >= 0 {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+// Running out of file descriptors does not stop the server: it backs off
+// and accepts again.
+func TestAcceptEMFILEBacksOff(t *testing.T) {
+	srv := &Server{Exports: []*Export{{Image: mem.New(1 << 20)}}}
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &acceptFails{Listener: inner}
+	l.left.Store(5)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+	defer func() {
+		srv.Shutdown()
+		if err := <-done; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+	c, err := greeting(inner.Addr().String(), 10*time.Second)
+	if err != nil {
+		t.Fatalf("no client served after EMFILE: %v", err)
+	}
+	c.Close()
+	if l.left.Load() >= 0 {
+		t.Fatalf("the failing accepts were not all tried: %d left", l.left.Load())
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Serve returned: %v", err)
+	default:
+	}
+}
+
+// Like qemu-nbd, a server at its connection limit leaves a new client
+// waiting (no greeting, no hang-up) and serves it once a slot frees.
+func TestMaxConnsWaitsForSlot(t *testing.T) {
+	_, addr, _ := testServer(t, 1<<20, func(s *Server) { s.MaxConns = 1 })
+	first := dial(t, addr)
+	first.goTo("", false)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	var b [18]byte
+	var ne net.Error
+	if _, err := io.ReadFull(c, b[:]); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("client over the limit: %v, want it left waiting", err)
+	}
+	first.req(nbd.CmdDisc, 0, 0, 0, 0, nil)
+	first.expectClosed()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, b[:]); err != nil || be.Uint64(b[:]) != nbd.Magic {
+		t.Fatalf("waiting client not served once the slot freed: %v", err)
+	}
+	second := &client{t: t, c: c}
+	second.goTo("", true)
+	second.req(nbd.CmdRead, 0, 1, 0, 4096, nil)
+	if e := replyErr(second.reply(0)); e != 0 {
+		t.Fatalf("read: error %d", e)
+	}
+}
