@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"syscall"
+	"time"
 
 	"vdisk/block"
 	"vdisk/nbd"
@@ -33,6 +34,10 @@ type conn struct {
 	jobs    chan job
 	workers int // started so far; only serve touches it
 }
+
+// discReplyTimeout bounds how long replies to requests in progress may
+// take to write after the client sent NBD_CMD_DISC.
+const discReplyTimeout = time.Minute
 
 // job is one request handed to a worker.
 type job struct {
@@ -72,10 +77,25 @@ func (c *conn) release(n int64) {
 
 // serve reads requests until the client disconnects, handing each to a
 // worker so that slow requests do not hold up fast ones.
-func (c *conn) serve() error {
+func (c *conn) serve() (err error) {
 	c.jobs = make(chan job, maxInFlight)
-	defer c.wg.Wait()
-	defer close(c.jobs)
+	disc := false
+	defer func() {
+		close(c.jobs)
+		if disc {
+			// The spec has the server answer what is in progress after a
+			// DISC; a client that stops reading meanwhile gets a bounded
+			// wait, not a connection held forever.
+			c.conn.SetWriteDeadline(time.Now().Add(discReplyTimeout))
+		} else {
+			// The client broke the protocol, went away, or outstayed the
+			// shutdown grace: replies still being written would wait
+			// forever on a client that may never read them, holding its
+			// connection slot. Closing fails those writes.
+			c.conn.Close()
+		}
+		c.wg.Wait()
+	}()
 	r := newReader(c.conn)
 	shut := c.srv.shutdownCh()
 	var hdr [nbd.RequestSize]byte
@@ -93,6 +113,7 @@ func (c *conn) serve() error {
 			return err
 		}
 		if req.Type == nbd.CmdDisc {
+			disc = true
 			return nil
 		}
 		errno, msg := c.validate(req)

@@ -36,6 +36,38 @@ func greeting(addr string, d time.Duration) (net.Conn, error) {
 	return c, nil
 }
 
+// flood sends n 1 MiB reads without reading a single reply: the replies
+// (n MiB) fill the socket buffers both ends, so the server's writers
+// block.
+func (cl *client) flood(n int) {
+	cl.t.Helper()
+	for i := 0; i < n; i++ {
+		cl.req(nbd.CmdRead, 0, uint64(i), uint64(i)<<20, 1<<20, nil)
+	}
+}
+
+// A client that breaks the protocol while its replies are still being
+// written (it never reads them) loses its connection at once: it does not
+// keep holding the only slot of a --shared 1 server.
+func TestProtocolErrorWithRepliesPendingFreesSlot(t *testing.T) {
+	_, addr, _ := testServer(t, 32<<20, func(s *Server) { s.MaxConns = 1 })
+	bad := dial(t, addr)
+	bad.goTo("", false)
+	bad.flood(30)
+	bad.write(make([]byte, nbd.RequestSize)) // bad request magic
+	c, err := greeting(addr, 10*time.Second)
+	if err != nil {
+		t.Fatalf("the next client is not served while the bad one's replies are stuck: %v", err)
+	}
+	defer c.Close()
+	next := &client{t: t, c: c}
+	next.goTo("", false)
+	next.req(nbd.CmdFlush, 0, 1, 0, 0, nil)
+	if e, _ := next.simple(); e != 0 {
+		t.Fatalf("flush: error %d", e)
+	}
+}
+
 // acceptFails is a listener whose first accepts fail as they do when the
 // process runs out of file descriptors.
 type acceptFails struct {
