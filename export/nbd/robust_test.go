@@ -145,3 +145,57 @@ func TestMaxConnsWaitsForSlot(t *testing.T) {
 		t.Fatalf("read: error %d", e)
 	}
 }
+
+// A server shutting down refuses options with NBD_REP_ERR_SHUTDOWN; ABORT
+// is still acknowledged, and the client's soft disconnect ends Shutdown
+// well before the grace period.
+func TestShutdownDuringHandshake(t *testing.T) {
+	srv, addr, _ := testServer(t, 1<<20, func(s *Server) { s.ShutdownGrace = 10 * time.Second })
+	cl := dial(t, addr)
+	cl.flags(nbd.ClientFlagFixedNewstyle | nbd.ClientFlagNoZeroes)
+	cl.opt(nbd.OptStructuredReply, nil)
+	if h, _ := cl.optReply(); h.Type != nbd.RepAck {
+		t.Fatalf("structured reply: %#x", h.Type)
+	}
+	down := make(chan struct{})
+	start := time.Now()
+	go func() { srv.Shutdown(); close(down) }()
+	for i := 0; ; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			break
+		}
+		c.Close()
+		if i > 200 {
+			t.Fatal("listener still open")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, o := range []struct {
+		opt  uint32
+		data []byte
+	}{
+		{nbd.OptList, nil},
+		{nbd.OptGo, nbd.AppendInfoRequest(nil, nbd.InfoRequest{})},
+		{nbd.OptInfo, nbd.AppendInfoRequest(nil, nbd.InfoRequest{})},
+		{nbd.OptSetMetaContext, nbd.AppendMetaRequest(nil, nbd.MetaRequest{Queries: []string{nbd.MetaBaseAllocation}})},
+	} {
+		cl.opt(o.opt, o.data)
+		if h, _ := cl.optReply(); h.Type != nbd.RepErrShutdown || h.Option != o.opt {
+			t.Fatalf("option %d during shutdown: reply %#x for option %d", o.opt, h.Type, h.Option)
+		}
+	}
+	cl.opt(nbd.OptAbort, nil)
+	if h, _ := cl.optReply(); h.Type != nbd.RepAck {
+		t.Fatalf("ABORT during shutdown: %#x", h.Type)
+	}
+	cl.expectClosed()
+	select {
+	case <-down:
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("Shutdown took %v", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown still waiting after the client aborted")
+	}
+}

@@ -435,6 +435,18 @@ func (h *handshake) run() (*conn, error) {
 		if _, err := io.ReadFull(h.conn, data); err != nil {
 			return nil, err
 		}
+		if h.shuttingDown() && oh.Option != nbd.OptAbort {
+			// The spec asks a server going away to refuse further options
+			// so that the client disconnects softly; EXPORT_NAME has no
+			// error reply, so that client is hung up on.
+			if oh.Option == nbd.OptExportName {
+				return nil, errors.New("NBD_OPT_EXPORT_NAME during shutdown")
+			}
+			if err := h.replyErr(oh.Option, nbd.RepErrShutdown, "server is shutting down"); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if h.srv.TLS != nil && !h.tls && oh.Option != nbd.OptStartTLS && oh.Option != nbd.OptAbort {
 			if oh.Option == nbd.OptExportName {
 				return nil, errors.New("NBD_OPT_EXPORT_NAME before TLS")
@@ -448,6 +460,15 @@ func (h *handshake) run() (*conn, error) {
 		if err != nil || c != nil {
 			return c, err
 		}
+	}
+}
+
+func (h *handshake) shuttingDown() bool {
+	select {
+	case <-h.srv.shutdownCh():
+		return true
+	default:
+		return false
 	}
 }
 
