@@ -611,7 +611,13 @@ func (h *handshake) metaContext(opt uint32, data []byte) error {
 		h.metaExport = req.Export
 	}
 	if match {
-		b := binary.BigEndian.AppendUint32(nil, metaContextID)
+		// The spec reserves the id in LIST replies and asks for zero, as
+		// qemu-nbd sends; only SET gives the context its id.
+		id := uint32(0)
+		if opt == nbd.OptSetMetaContext {
+			id = metaContextID
+		}
+		b := binary.BigEndian.AppendUint32(nil, id)
 		b = append(b, nbd.MetaBaseAllocation...)
 		if err := h.reply(opt, nbd.RepMetaContext, b); err != nil {
 			return err

@@ -214,3 +214,128 @@ func TestDriverPanicEndsOneConnection(t *testing.T) {
 		t.Fatalf("panic not logged: %q", logged)
 	}
 }
+
+// infoReplies sends INFO (or GO) for export asking for infos and returns
+// the information replies by type.
+func (cl *client) infoReplies(opt uint32, export string, infos ...uint16) map[uint16][]byte {
+	cl.t.Helper()
+	cl.opt(opt, nbd.AppendInfoRequest(nil, nbd.InfoRequest{Name: export, Infos: infos}))
+	got := map[uint16][]byte{}
+	for {
+		h, data := cl.optReply()
+		if h.Type == nbd.RepAck {
+			return got
+		}
+		if h.Type != nbd.RepInfo || len(data) < 2 {
+			cl.t.Fatalf("INFO %q: reply %#x %q", export, h.Type, data)
+		}
+		typ := be.Uint16(data)
+		if _, dup := got[typ]; dup {
+			cl.t.Fatalf("INFO %q: information %d sent twice", export, typ)
+		}
+		got[typ] = data[2:]
+	}
+}
+
+// NBD_INFO_EXPORT, NAME, DESCRIPTION and BLOCK_SIZE carry the export's
+// values: block sizes of 1 (vdisk takes any alignment), 4096 and the
+// payload limit, the limit lowered when the server is told so.
+func TestInfoValues(t *testing.T) {
+	for _, maxPayload := range []uint32{0, 1 << 20} {
+		_, addr, _ := testServer(t, 3<<20, func(s *Server) {
+			s.Exports[0].Name = "disk"
+			s.Exports[0].Description = "the first disk"
+			s.MaxPayload = maxPayload
+		})
+		wantMax := maxPayload
+		if wantMax == 0 {
+			wantMax = 32 << 20
+		}
+		cl := dial(t, addr)
+		cl.flags(nbd.ClientFlagFixedNewstyle | nbd.ClientFlagNoZeroes)
+		got := cl.infoReplies(nbd.OptInfo, "disk", nbd.InfoName, nbd.InfoDescription, nbd.InfoBlockSize)
+		if e := got[nbd.InfoExport]; len(e) != 10 || be.Uint64(e) != 3<<20 {
+			t.Fatalf("NBD_INFO_EXPORT % x", e)
+		}
+		if n := got[nbd.InfoName]; string(n) != "disk" {
+			t.Fatalf("NBD_INFO_NAME %q", n)
+		}
+		if d := got[nbd.InfoDescription]; string(d) != "the first disk" {
+			t.Fatalf("NBD_INFO_DESCRIPTION %q", d)
+		}
+		bs := got[nbd.InfoBlockSize]
+		if len(bs) != 12 {
+			t.Fatalf("NBD_INFO_BLOCK_SIZE % x", bs)
+		}
+		if lo, pref, hi := be.Uint32(bs), be.Uint32(bs[4:]), be.Uint32(bs[8:]); lo != 1 || pref != 4096 || hi != wantMax {
+			t.Fatalf("block sizes %d/%d/%d, want 1/4096/%d", lo, pref, hi, wantMax)
+		}
+		// The read-only export has no description: none is sent; its
+		// name is; block sizes come unasked.
+		got = cl.infoReplies(nbd.OptGo, "ro", nbd.InfoName, nbd.InfoDescription)
+		if _, ok := got[nbd.InfoDescription]; ok {
+			t.Fatalf("empty description sent: %q", got[nbd.InfoDescription])
+		}
+		if string(got[nbd.InfoName]) != "ro" || len(got[nbd.InfoBlockSize]) != 12 {
+			t.Fatalf("GO ro: %v", got)
+		}
+		if f := be.Uint16(got[nbd.InfoExport][8:]); f&nbd.FlagReadOnly == 0 {
+			t.Fatalf("GO ro: flags %#x", f)
+		}
+	}
+}
+
+// metaReplies sends a meta context option and returns the contexts
+// (id and name) it names before the ACK.
+func (cl *client) metaReplies(opt uint32, export string, queries ...string) [][2]string {
+	cl.t.Helper()
+	cl.opt(opt, nbd.AppendMetaRequest(nil, nbd.MetaRequest{Export: export, Queries: queries}))
+	var out [][2]string
+	for {
+		h, data := cl.optReply()
+		switch h.Type {
+		case nbd.RepAck:
+			return out
+		case nbd.RepMetaContext:
+			out = append(out, [2]string{fmt.Sprint(be.Uint32(data)), string(data[4:])})
+		default:
+			cl.t.Fatalf("meta context %q: reply %#x %q", queries, h.Type, data)
+		}
+	}
+}
+
+// LIST_META_CONTEXT with no query or "base:" lists base:allocation with
+// the id the spec reserves (0, as qemu-nbd sends); other namespaces list
+// nothing; SET gives it a nonzero id that block status replies carry.
+func TestListMetaContext(t *testing.T) {
+	_, addr, _ := testServer(t, 1<<20, nil)
+	cl := dial(t, addr)
+	cl.flags(nbd.ClientFlagFixedNewstyle | nbd.ClientFlagNoZeroes)
+	cl.opt(nbd.OptStructuredReply, nil)
+	cl.optReply()
+	want := "[[0 base:allocation]]"
+	for _, q := range [][]string{nil, {"base:"}, {"base:allocation"}, {"qemu:dirty-bitmap:x", "base:"}} {
+		if got := fmt.Sprint(cl.metaReplies(nbd.OptListMetaContext, "", q...)); got != want {
+			t.Fatalf("LIST %q: %s, want %s", q, got, want)
+		}
+	}
+	for _, q := range [][]string{{"qemu:allocation-depth"}, {"base:nope"}} {
+		if got := cl.metaReplies(nbd.OptListMetaContext, "", q...); len(got) != 0 {
+			t.Fatalf("LIST %q: %v, want nothing", q, got)
+		}
+	}
+	// "base:" selects nothing in SET, as the spec says.
+	if got := cl.metaReplies(nbd.OptSetMetaContext, "", "base:"); len(got) != 0 {
+		t.Fatalf("SET base: %v, want nothing", got)
+	}
+	set := cl.metaReplies(nbd.OptSetMetaContext, "", nbd.MetaBaseAllocation)
+	if len(set) != 1 || set[0][0] == "0" || set[0][1] != nbd.MetaBaseAllocation {
+		t.Fatalf("SET: %v", set)
+	}
+	cl.infoReplies(nbd.OptGo, "")
+	cl.req(nbd.CmdBlockStatus, 0, 1, 0, 1<<20, nil)
+	cs := cl.reply(0)
+	if id, _, err := nbd.ParseBlockStatus(cs[0].data); err != nil || fmt.Sprint(id) != set[0][0] {
+		t.Fatalf("block status context %d (%v), SET said %s", id, err, set[0][0])
+	}
+}
