@@ -1,11 +1,13 @@
 package nbd
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -197,5 +199,174 @@ func TestShutdownDuringHandshake(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Shutdown still waiting after the client aborted")
+	}
+}
+
+// goroutines waits for the goroutine count to come down to want.
+func goroutines(t *testing.T, after string, want int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > want && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > want {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("after %s: %d goroutines, want %d:\n%s", after, n, want, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// Misbehaving clients leave nothing behind once they are gone, while the
+// server keeps running (no Shutdown to clean up after them).
+func TestMisbehavingClientsLeakNothing(t *testing.T) {
+	_, addr, _ := testServer(t, 32<<20, func(s *Server) { s.HandshakeTimeout = 300 * time.Millisecond })
+	// Warm up: the first connection starts runtime helpers (the poller).
+	warm := dial(t, addr)
+	warm.goTo("", false)
+	warm.req(nbd.CmdDisc, 0, 0, 0, 0, nil)
+	warm.expectClosed()
+	warm.c.Close()
+	time.Sleep(100 * time.Millisecond)
+	base := runtime.NumGoroutine()
+
+	misbehave := map[string]func(cl *client){
+		"bad request magic, replies unread": func(cl *client) {
+			cl.goTo("", true)
+			cl.flood(20)
+			cl.write(bytes.Repeat([]byte{0xee}, nbd.RequestSize))
+		},
+		"stall mid-handshake": func(cl *client) {
+			cl.write([]byte{0, 0})
+			cl.expectClosed() // the handshake timeout
+		},
+		"stall after options": func(cl *client) {
+			cl.flags(nbd.ClientFlagFixedNewstyle)
+			cl.opt(nbd.OptStructuredReply, nil)
+			cl.optReply()
+			cl.expectClosed()
+		},
+		"drop mid-write": func(cl *client) {
+			cl.goTo("", false)
+			cl.write(nbd.AppendRequest(nil, nbd.Request{Type: nbd.CmdWrite, Length: 1 << 20}))
+			cl.write(make([]byte, 1000))
+		},
+		"huge option length": func(cl *client) {
+			cl.flags(nbd.ClientFlagFixedNewstyle)
+			hdr := be.AppendUint64(nil, nbd.OptMagic)
+			hdr = be.AppendUint32(hdr, nbd.OptGo)
+			cl.write(be.AppendUint32(hdr, 0xffffffff))
+			cl.expectClosed()
+		},
+		"bad option magic": func(cl *client) {
+			cl.flags(nbd.ClientFlagFixedNewstyle)
+			cl.write(bytes.Repeat([]byte{0x55}, 16))
+			cl.expectClosed()
+		},
+		"requests then vanish": func(cl *client) {
+			cl.goTo("", true)
+			cl.flood(25)
+		},
+		"half a request header": func(cl *client) {
+			cl.goTo("", false)
+			cl.write(nbd.AppendRequest(nil, nbd.Request{Type: nbd.CmdRead, Length: 512})[:10])
+		},
+	}
+	// Not subtests: each would count a goroutine of its own.
+	for name, f := range misbehave {
+		for i := 0; i < 2; i++ {
+			cl := dial(t, addr)
+			f(cl)
+			cl.c.Close()
+		}
+		goroutines(t, name, base)
+	}
+	// Still serving.
+	cl := dial(t, addr)
+	cl.goTo("", true)
+	cl.req(nbd.CmdWrite, 0, 1, 0, 3, []byte{1, 2, 3})
+	if e := replyErr(cl.reply(0)); e != 0 {
+		t.Fatalf("write after the misbehaving clients: error %d", e)
+	}
+}
+
+// A client that stalls in the transmission phase (half a write payload,
+// or replies it never reads) holds up no other client.
+func TestStalledClientsDoNotStallOthers(t *testing.T) {
+	_, addr, img := testServer(t, 32<<20, nil)
+	half := dial(t, addr)
+	half.goTo("", false)
+	half.write(nbd.AppendRequest(nil, nbd.Request{Type: nbd.CmdWrite, Cookie: 1, Offset: 0, Length: 1 << 20}))
+	half.write(make([]byte, 4096))
+	deaf := dial(t, addr)
+	deaf.goTo("", true)
+	deaf.flood(30)
+	deaf.req(nbd.CmdFlush, 0, 99, 0, 0, nil)
+
+	done := make(chan error, 1)
+	go func() {
+		c, err := greeting(addr, 5*time.Second)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		// Hand-driven without t: this goroutine must not call t.Fatal.
+		c.Write(be.AppendUint32(nil, nbd.ClientFlagFixedNewstyle|nbd.ClientFlagNoZeroes))
+		c.Write(nbd.AppendOpt(nil, nbd.OptGo, nbd.AppendInfoRequest(nil, nbd.InfoRequest{})))
+		for {
+			var h [nbd.OptReplyHeaderSize]byte
+			if _, err := io.ReadFull(c, h[:]); err != nil {
+				done <- err
+				return
+			}
+			oh, _ := nbd.ParseOptReplyHeader(h[:])
+			if _, err := io.CopyN(io.Discard, c, int64(oh.Length)); err != nil {
+				done <- err
+				return
+			}
+			if oh.Type == nbd.RepAck {
+				break
+			}
+		}
+		payload := bytes.Repeat([]byte{7}, 64<<10)
+		c.Write(append(nbd.AppendRequest(nil, nbd.Request{Type: nbd.CmdWrite, Flags: nbd.CmdFlagFUA, Cookie: 2, Offset: 1 << 20, Length: 64 << 10}), payload...))
+		c.Write(nbd.AppendRequest(nil, nbd.Request{Type: nbd.CmdFlush, Cookie: 3}))
+		c.Write(nbd.AppendRequest(nil, nbd.Request{Type: nbd.CmdRead, Cookie: 4, Offset: 1 << 20, Length: 64 << 10}))
+		for i := 0; i < 3; i++ {
+			var r [nbd.SimpleReplySize]byte
+			if _, err := io.ReadFull(c, r[:]); err != nil {
+				done <- err
+				return
+			}
+			h, _ := nbd.ParseReply(r[:])
+			if h.Error != 0 {
+				done <- fmt.Errorf("request %d: error %d", h.Cookie, h.Error)
+				return
+			}
+			if h.Cookie == 4 {
+				got := make([]byte, 64<<10)
+				if _, err := io.ReadFull(c, got); err != nil {
+					done <- err
+					return
+				}
+				if !bytes.Equal(got, payload) {
+					done <- errors.New("read back wrong data")
+					return
+				}
+			}
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("the third client: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the third client was held up by the stalled ones")
+	}
+	got := make([]byte, 4096)
+	if _, err := img.ReadAt(got, 0); err != nil || !bytes.Equal(got, make([]byte, 4096)) {
+		t.Fatalf("half a write payload reached the image: %v", err)
 	}
 }
