@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"vdisk/block"
+	"vdisk/format/mem"
 	"vdisk/nbd"
 )
 
@@ -337,5 +338,77 @@ func TestListMetaContext(t *testing.T) {
 	cs := cl.reply(0)
 	if id, _, err := nbd.ParseBlockStatus(cs[0].data); err != nil || fmt.Sprint(id) != set[0][0] {
 		t.Fatalf("block status context %d (%v), SET said %s", id, err, set[0][0])
+	}
+}
+
+// confetti is an image of 512-byte extents, data and zeros in turn, that
+// counts what it is asked to map and refuses to map more than 64 MiB at
+// once (an unbounded lookup would build millions of extents).
+type confetti struct {
+	block.Image
+	mu            sync.Mutex
+	calls, mapped int64
+	largest       int64
+}
+
+func (c *confetti) BlockStatus(off, n int64) ([]block.Extent, error) {
+	c.mu.Lock()
+	c.calls++
+	c.mapped += n
+	c.largest = max(c.largest, n)
+	c.mu.Unlock()
+	if n > 64<<20 {
+		return nil, fmt.Errorf("asked to map %d bytes at once", n)
+	}
+	var out []block.Extent
+	for end := off + n; off < end; {
+		l := min(512-off%512, end-off)
+		st := block.StatusData
+		if off/512%2 == 1 {
+			st = block.StatusZero
+		}
+		out = append(out, block.Extent{Offset: off, Length: l, Status: st, HostOffset: -1})
+		off += l
+	}
+	return out, nil
+}
+
+// A block status request over 4 GiB of tiny extents maps in bounded
+// windows and stops once the reply is full, or after the first extent
+// with REQ_ONE.
+func TestBlockStatusBoundedWork(t *testing.T) {
+	img := &confetti{Image: mem.New(4<<30 - 512)}
+	_, addr, _ := testServer(t, 1<<20, func(s *Server) { s.Exports[0].Image = img })
+	cl := dial(t, addr)
+	cl.goTo("", true)
+	for _, reqOne := range []bool{false, true} {
+		img.mu.Lock()
+		img.calls, img.mapped, img.largest = 0, 0, 0
+		img.mu.Unlock()
+		flags := uint16(0)
+		wantDescs := maxDescriptors
+		if reqOne {
+			flags, wantDescs = nbd.CmdFlagReqOne, 1
+		}
+		cl.req(nbd.CmdBlockStatus, flags, 1, 0, 4<<30-512, nil)
+		cs := cl.reply(0)
+		if e := replyErr(cs); e != 0 {
+			t.Fatalf("REQ_ONE %v: error %d: %q", reqOne, e, cs[0].data)
+		}
+		_, ds, err := nbd.ParseBlockStatus(cs[0].data)
+		if err != nil || len(ds) != wantDescs {
+			t.Fatalf("REQ_ONE %v: %d descriptors (%v), want %d", reqOne, len(ds), err, wantDescs)
+		}
+		for i, d := range ds {
+			if d.Length != 512 || (d.Flags == 0) != (i%2 == 0) {
+				t.Fatalf("REQ_ONE %v: descriptor %d: %+v", reqOne, i, d)
+			}
+		}
+		img.mu.Lock()
+		calls, mapped, largest := img.calls, img.mapped, img.largest
+		img.mu.Unlock()
+		if largest > statusWindow || mapped > int64(wantDescs)*512+statusWindow {
+			t.Fatalf("REQ_ONE %v: %d lookups mapped %d bytes, %d at most at once, for %d descriptors", reqOne, calls, mapped, largest, wantDescs)
+		}
 	}
 }
