@@ -412,3 +412,52 @@ func TestBlockStatusBoundedWork(t *testing.T) {
 		}
 	}
 }
+
+// The transmission flags say what the server does: FLUSH, FUA and CACHE
+// always; TRIM, WRITE_ZEROES and FAST_ZERO unless read-only (which says
+// READ_ONLY); DF only with structured replies; CAN_MULTI_CONN unless at
+// most one connection is allowed (every connection shares one image, so
+// a flush on one covers writes made on all). qemu-nbd 7.2 sends the same
+// flags for the same settings (tests/410 compares them).
+func TestTransmissionFlags(t *testing.T) {
+	const always = nbd.FlagHasFlags | nbd.FlagSendFlush | nbd.FlagSendFUA | nbd.FlagSendCache
+	const writable = nbd.FlagSendTrim | nbd.FlagSendWriteZeroes | nbd.FlagSendFastZero
+	for _, maxConns := range []int{1, 4, 0} {
+		_, addr, _ := testServer(t, 1<<20, func(s *Server) { s.MaxConns = maxConns })
+		for _, export := range []string{"", "ro"} {
+			for _, structured := range []bool{false, true} {
+				want := always
+				if export == "ro" {
+					want |= nbd.FlagReadOnly
+				} else {
+					want |= writable
+				}
+				if structured {
+					want |= nbd.FlagSendDF
+				}
+				if maxConns != 1 {
+					want |= nbd.FlagCanMultiConn
+				}
+				cl := dial(t, addr)
+				cl.flags(nbd.ClientFlagFixedNewstyle | nbd.ClientFlagNoZeroes)
+				if structured {
+					cl.opt(nbd.OptStructuredReply, nil)
+					cl.optReply()
+				}
+				// INFO, then the old EXPORT_NAME path: the same flags.
+				info := cl.infoReplies(nbd.OptInfo, export)
+				cl.opt(nbd.OptExportName, []byte(export))
+				var b [10]byte
+				cl.read(b[:])
+				for what, got := range map[string]uint16{"INFO": be.Uint16(info[nbd.InfoExport][8:]), "EXPORT_NAME": be.Uint16(b[8:])} {
+					if got != want {
+						t.Errorf("shared %d, export %q, structured %v: %s flags %#x, want %#x", maxConns, export, structured, what, got, want)
+					}
+				}
+				cl.req(nbd.CmdDisc, 0, 0, 0, 0, nil)
+				cl.expectClosed()
+				cl.c.Close()
+			}
+		}
+	}
+}
