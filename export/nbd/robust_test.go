@@ -162,31 +162,12 @@ func TestShutdownDuringHandshake(t *testing.T) {
 	down := make(chan struct{})
 	start := time.Now()
 	go func() { srv.Shutdown(); close(down) }()
-	for i := 0; ; i++ {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			break
-		}
-		c.Close()
-		if i > 200 {
-			t.Fatal("listener still open")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	for _, o := range []struct {
-		opt  uint32
-		data []byte
-	}{
-		{nbd.OptList, nil},
-		{nbd.OptGo, nbd.AppendInfoRequest(nil, nbd.InfoRequest{})},
-		{nbd.OptInfo, nbd.AppendInfoRequest(nil, nbd.InfoRequest{})},
-		{nbd.OptSetMetaContext, nbd.AppendMetaRequest(nil, nbd.MetaRequest{Queries: []string{nbd.MetaBaseAllocation}})},
-	} {
-		cl.opt(o.opt, o.data)
-		if h, _ := cl.optReply(); h.Type != nbd.RepErrShutdown || h.Option != o.opt {
-			t.Fatalf("option %d during shutdown: reply %#x for option %d", o.opt, h.Type, h.Option)
-		}
-	}
+	waitListenerClosed(t, addr)
+	cl.expectOptErr(nbd.RepErrShutdown,
+		opt{nbd.OptList, nil},
+		opt{nbd.OptGo, nbd.AppendInfoRequest(nil, nbd.InfoRequest{})},
+		opt{nbd.OptInfo, nbd.AppendInfoRequest(nil, nbd.InfoRequest{})},
+		opt{nbd.OptSetMetaContext, nbd.AppendMetaRequest(nil, nbd.MetaRequest{Queries: []string{nbd.MetaBaseAllocation}})})
 	cl.opt(nbd.OptAbort, nil)
 	if h, _ := cl.optReply(); h.Type != nbd.RepAck {
 		t.Fatalf("ABORT during shutdown: %#x", h.Type)

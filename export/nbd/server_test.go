@@ -564,14 +564,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 		wg.Wait()
 		srv.Shutdown()
 	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if n := runtime.NumGoroutine(); n > before {
-		buf := make([]byte, 1<<16)
-		t.Fatalf("%d goroutines before, %d after:\n%s", before, n, buf[:runtime.Stack(buf, true)])
-	}
+	goroutines(t, "Shutdown", before)
 }
 
 // chunkTypes reads a structured read reply, checks its bytes against

@@ -51,23 +51,14 @@ func TestTLSRequiredBeforeStartTLS(t *testing.T) {
 	})
 	cl := dial(t, addr)
 	cl.flags(nbd.ClientFlagFixedNewstyle | nbd.ClientFlagNoZeroes)
-	for _, o := range []struct {
-		opt  uint32
-		data []byte
-	}{
-		{nbd.OptList, nil},
-		{nbd.OptInfo, nbd.AppendInfoRequest(nil, nbd.InfoRequest{})},
-		{nbd.OptGo, nbd.AppendInfoRequest(nil, nbd.InfoRequest{})},
-		{nbd.OptStructuredReply, nil},
-		{nbd.OptListMetaContext, nbd.AppendMetaRequest(nil, nbd.MetaRequest{Queries: []string{"base:allocation"}})},
-		{nbd.OptSetMetaContext, nbd.AppendMetaRequest(nil, nbd.MetaRequest{Queries: []string{"base:allocation"}})},
-		{999, []byte("junk")},
-	} {
-		cl.opt(o.opt, o.data)
-		if h, _ := cl.optReply(); h.Type != nbd.RepErrTLSReqd || h.Option != o.opt {
-			t.Fatalf("option %d before STARTTLS: reply %#x for option %d", o.opt, h.Type, h.Option)
-		}
-	}
+	cl.expectOptErr(nbd.RepErrTLSReqd,
+		opt{nbd.OptList, nil},
+		opt{nbd.OptInfo, nbd.AppendInfoRequest(nil, nbd.InfoRequest{})},
+		opt{nbd.OptGo, nbd.AppendInfoRequest(nil, nbd.InfoRequest{})},
+		opt{nbd.OptStructuredReply, nil},
+		opt{nbd.OptListMetaContext, nbd.AppendMetaRequest(nil, nbd.MetaRequest{Queries: []string{"base:allocation"}})},
+		opt{nbd.OptSetMetaContext, nbd.AppendMetaRequest(nil, nbd.MetaRequest{Queries: []string{"base:allocation"}})},
+		opt{999, []byte("junk")})
 	cl.opt(nbd.OptStartTLS, nil)
 	if h, _ := cl.optReply(); h.Type != nbd.RepAck {
 		t.Fatalf("STARTTLS: %#x", h.Type)
