@@ -2,6 +2,8 @@
 # NBD throughput: vdisk serve against qemu-nbd, side by side, with nbdcopy
 # (several connections) reading and writing a 2 GiB image over a Unix
 # socket. Prints MiB/s per row (best of $RUNS) and the vdisk/qemu ratio.
+# Writes end with a flush (nbdcopy --flush), so that both servers are
+# timed until the data is durable, not until it is in the page cache.
 #
 #   bench/nbd.sh [SIZE_MIB]      (default 2048; VDISK=path to a built vdisk)
 set -u
@@ -62,7 +64,7 @@ run() {
 		if [ "$dir" = read ]; then
 			nbdcopy -C "$CONN" ${COPYOPTS:-} "$uri" null: || echo "nbdcopy failed" >&2
 		else
-			nbdcopy -C "$CONN" src.raw "$uri" || echo "nbdcopy failed" >&2
+			nbdcopy -C "$CONN" --flush src.raw "$uri" || echo "nbdcopy failed" >&2
 		fi
 		t1=$(now)
 		unserve

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # TLS: certificates made here with openssl; nbdinfo and qemu-img connect
 # with client certificates, a plain-text client is refused, vdisk's own
-# client (nbds://) works through `vdisk serve` as a relay.
+# client (nbds://) works through `vdisk serve` as a relay. Server-only
+# TLS (no --tls-ca) over a Unix socket: nbdinfo and vdisk's nbds+unix://
+# client connect without certificates of their own.
 # The keys are ECDSA: with RSA certificates signed PKCS#1 v1.5 (openssl's
 # and certtool's default), GnuTLS clients do not offer their certificate
 # to a Go TLS 1.3 server, whose CertificateRequest does not list
@@ -62,5 +64,15 @@ qemu-img info "nbd://127.0.0.1:$PORT/" 2>&1 | sed "s/:$PORT/:PORT/"
 echo "== a client without a certificate is refused"
 mkdir -p nocert && cp pki/ca-cert.pem nocert/
 nbdinfo "nbds://127.0.0.1:$PORT/?tls-certificates=$TEST_DIR/nocert" >/dev/null 2>&1; echo "nbdinfo without client cert: exit $?"
+stop_serve
+
+echo "== server-only TLS (no --tls-ca) on a Unix socket: clients need no certificate"
+start_serve -f raw -t -e 2 -k "$TEST_DIR/t.sock" --tls-cert pki/server-cert.pem --tls-key pki/server-key.pem a.raw
+S="$TEST_DIR/t.sock"
+nbdinfo --json "nbds+unix:///?socket=$S&tls-certificates=$TEST_DIR/nocert" | jq -c '{protocol, "TLS", "export-size": .exports[0]."export-size"}'
+$VDISK io -f raw -c 'read -P 0x77 1M 64k' -c 'write -P 0x79 2M 4k' -c 'read -P 0x79 2M 4k' "nbds+unix:///?socket=$S&tls-ca=$P/ca-cert.pem" | grep -v ' ops; '
+VDISK_NBD_TLS_CA=$P/ca-cert.pem $VDISK info "nbds+unix:///?socket=$S" | grep -E '^(file format|virtual size)'
+$VDISK info "nbd+unix:///?socket=$S" 2>&1 | sed "s#$TEST_DIR#\$TEST_DIR#"; echo "plain vdisk client: exit ${PIPESTATUS[0]}"
+nbdinfo "nbd+unix:///?socket=$S" >/dev/null 2>&1; echo "nbdinfo plain: exit $?"
 stop_serve
 exit 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vdisk's own commands on nbd:// and nbd+unix:// URIs, against servers
-# nobody here wrote (qemu-nbd, nbdkit memory and file plugins) and
-# against vdisk serve.
+# nobody here wrote (qemu-nbd, nbdkit memory and file plugins, nbdkit
+# enforcing a 4 KiB minimum block size) and against vdisk serve.
 # needs: qemu-img qemu-io qemu-nbd nbdkit
 . "$SRC_DIR/nbd-common.inc"
 
@@ -49,6 +49,17 @@ echo "### nbdkit memory"
 start_bg "$TEST_DIR/m.sock" nbdkit -f -U "$TEST_DIR/m.sock" memory 16M
 $VDISK convert -n -O raw ref.raw "nbd+unix:///?socket=$TEST_DIR/m.sock"
 exercise "nbd+unix:///?socket=$TEST_DIR/m.sock"
+stop_bg
+
+echo "### nbdkit failing requests that break its block sizes (minimum 4096)"
+start_bg "$TEST_DIR/b.sock" nbdkit -f -U "$TEST_DIR/b.sock" --filter=blocksize-policy memory 16M \
+	blocksize-minimum=4096 blocksize-error-policy=error
+B="nbd+unix:///?socket=$TEST_DIR/b.sock"
+$VDISK io -f raw -c 'write 100 300' -c 'write -P 0x5a 5000 10000' -c 'write -z 6000 100' "$B" | grep -v ' ops; '
+qio -f raw -c 'read -P 0 0 100' -c 'read -P 0xcd 100 300' -c 'read -P 0 400 4600' -c 'read -P 0x5a 5000 1000' \
+	-c 'read -P 0 6000 100' -c 'read -P 0x5a 6100 8900' -c 'read -P 0 15000 1000' "$B"
+$VDISK convert -n -O raw ref.raw "$B" && $VDISK compare ref.raw "$B"
+exercise "$B"
 stop_bg
 
 echo "### vdisk serve over TCP"

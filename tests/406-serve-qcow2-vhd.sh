@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # qcow2 (with a backing chain) and vhd images through vdisk serve: what
-# qemu-img and nbdinfo see over the export equals what they see over
-# qemu-nbd serving the same file; writes through the export leave a
-# consistent image. And the other way round: a format driver stacked on
+# qemu-img (info, map, convert, compare) and nbdinfo see over the export
+# equals what they see over qemu-nbd serving the same file; writes
+# through the export (qemu-io, nbdcopy into it over several connections)
+# leave a consistent image. And the other way round: a format driver stacked on
 # vdisk's NBD client (-f qcow2 over an export of the qcow2 file's bytes).
 # needs: qemu-img qemu-io qemu-nbd nbdinfo nbdcopy
 . "$SRC_DIR/nbd-common.inc"
@@ -29,6 +30,12 @@ same() {
 	nbdinfo --map "$q" > q.nmap
 	cmp v.nmap q.nmap && echo "nbdinfo --map: same as over qemu-nbd"
 	cat v.nmap
+	qemu-img info "$v" | sed "s#$TEST_DIR#\$TEST_DIR#" > v.info
+	qemu-img info "$q" | sed "s#$TEST_DIR#\$TEST_DIR#; s#q.sock#v.sock#" > q.info
+	cmp v.info q.info && echo "qemu-img info: same as over qemu-nbd"
+	grep -E '^(file format|virtual size)' v.info
+	rm -f conv.qcow2
+	qemu-img convert -f raw -O qcow2 "$v" conv.qcow2 && qemu-img compare -U -f "$fmt" -F qcow2 "$file" conv.qcow2
 	qemu-img compare -U -f "$fmt" "$file" "$v"
 	rm -f copy.raw
 	nbdcopy -C 4 "$v" copy.raw && qemu-img compare -U -f "$fmt" -F raw "$file" copy.raw
@@ -39,6 +46,8 @@ same qcow2 top.qcow2
 same vpc d.vhd
 
 echo "== writes through the export"
+qemu-img create -q -f raw in.raw 16M
+qio -f raw -c 'write -P 0x61 0 3M' -c 'write -P 0x62 5M 1M' -c 'write -P 0x63 15M 64k' in.raw
 for img in "qcow2 top.qcow2" "vpc d.vhd"; do
 	set -- $img
 	start_serve -f $1 -t -e 4 -k "$TEST_DIR/v.sock" $2
@@ -48,6 +57,12 @@ for img in "qcow2 top.qcow2" "vpc d.vhd"; do
 	[ $1 = qcow2 ] && qemu-img check -q -f $1 $2 && echo "$2: check clean"
 	qemu-img compare -f $1 -F raw $2 after.raw
 	rm -f after.raw
+	# And into the export, over several connections.
+	start_serve -f $1 -t -e 4 -k "$TEST_DIR/v.sock" $2
+	nbdcopy -C 4 --flush in.raw "nbd+unix:///?socket=$TEST_DIR/v.sock"
+	stop_serve
+	[ $1 = qcow2 ] && qemu-img check -q -f $1 $2 && echo "$2: check clean after nbdcopy into it"
+	qemu-img compare -f $1 -F raw $2 in.raw
 done
 
 echo "== -f qcow2 on vdisk's NBD client"

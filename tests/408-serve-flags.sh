@@ -3,7 +3,10 @@
 # than the default, -x/-D (name and description of FILE), SIGINT; qcow2
 # and vhd exports over TCP (the data extents qemu-img map finds over the
 # export are the file's); vdisk check on an nbd:// export of a qcow2 file;
-# info says the disk size of an export is unavailable, as qemu-img does.
+# info says the disk size of an export is unavailable, as qemu-img does;
+# qemu-io on a qcow2 export over TCP through a --cache-size read cache;
+# --socket replaces a stale socket file (as qemu-nbd does) but neither a
+# live socket nor a file of another kind.
 # needs: qemu-img qemu-io nbdinfo jq
 . "$SRC_DIR/nbd-common.inc"
 
@@ -45,3 +48,28 @@ $VDISK info -f qcow2 "nbd://127.0.0.1:$PORT" | grep 'disk size'
 qemu-img info -f raw "nbd://127.0.0.1:$PORT" | grep 'disk size'
 $VDISK info --output json -f qcow2 "nbd://127.0.0.1:$PORT" | jq -c 'has("actual-size")'
 stop_serve
+
+echo "== qemu-io on a qcow2 export over TCP, with --cache-size"
+start_serve -f qcow2 -t -p $PORT --cache-size 2M a.qcow2
+# The first read fills the cache; the write must not leave it stale.
+qio -f raw -c 'read -P 0xaa 1M 1M' -c 'write -P 0x5a 1536k 64k' -c 'read -P 0x5a 1536k 64k' \
+	-c 'read -P 0xaa 1M 512k' -c 'read -P 0xbb 6M 4k' -c 'read -P 0 4M 64k' "nbd://127.0.0.1:$PORT"
+stop_serve
+qemu-img check -q a.qcow2 && echo "a.qcow2: check clean"
+qio -f qcow2 -r -c 'read -P 0x5a 1536k 64k' -c 'read -P 0xaa 1600k 448k' a.qcow2
+$VDISK serve --cache-size 1x a.qcow2 2>&1; echo "exit $?"
+
+echo "== a stale socket file is replaced; a live socket or another file is left alone"
+qemu-img create -q -f raw r.raw 1M
+qemu-img create -q -f raw r2.raw 2M
+start_serve -f raw -t -k "$TEST_DIR/s.sock" r.raw
+kill -KILL $SPID; wait $SPID 2>/dev/null
+[ -S s.sock ] && echo "a killed server left its socket behind"
+start_serve -f raw -t -k "$TEST_DIR/s.sock" r.raw
+nbdinfo --size "nbd+unix:///?socket=$TEST_DIR/s.sock"
+$VDISK serve -f raw -k "$TEST_DIR/s.sock" r2.raw 2>&1 | sed "s#$TEST_DIR#\$TEST_DIR#"; echo "exit ${PIPESTATUS[0]}"
+nbdinfo --size "nbd+unix:///?socket=$TEST_DIR/s.sock"
+stop_serve
+echo "not a socket" > plain
+$VDISK serve -f raw -k "$TEST_DIR/plain" r2.raw 2>&1 | sed "s#$TEST_DIR#\$TEST_DIR#"; echo "exit ${PIPESTATUS[0]}"
+cat plain

@@ -190,7 +190,7 @@ func runServe(cmd *cobra.Command, args []string) error {
 	var l net.Listener
 	var err error
 	if serveFlags.socket != "" {
-		l, err = net.Listen("unix", serveFlags.socket)
+		l, err = listenUnix(serveFlags.socket)
 	} else {
 		l, err = net.Listen("tcp", net.JoinHostPort(serveFlags.bind, strconv.Itoa(serveFlags.port)))
 	}
@@ -248,6 +248,26 @@ func runServe(cmd *cobra.Command, args []string) error {
 		os.Remove(serveFlags.pidFile)
 	}
 	return errors.Join(runErr, closeAll())
+}
+
+// listenUnix listens on a Unix socket. A socket file left behind by a
+// server that died is replaced, as qemu-nbd does; unlike qemu-nbd, one
+// that a live server still answers on is not taken over, and a file of
+// another kind is never removed.
+func listenUnix(path string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s: another server is listening on this socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("removing stale socket: %w", err)
+		}
+	}
+	return net.Listen("unix", path)
 }
 
 func serverTLS(certFile, keyFile, caFile string) (*tls.Config, error) {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"syscall"
+	"time"
 
 	"vdisk/block"
 	"vdisk/nbd"
@@ -33,6 +34,10 @@ type conn struct {
 	jobs    chan job
 	workers int // started so far; only serve touches it
 }
+
+// discReplyTimeout bounds how long replies to requests in progress may
+// take to write after the client sent NBD_CMD_DISC.
+const discReplyTimeout = time.Minute
 
 // job is one request handed to a worker.
 type job struct {
@@ -72,10 +77,25 @@ func (c *conn) release(n int64) {
 
 // serve reads requests until the client disconnects, handing each to a
 // worker so that slow requests do not hold up fast ones.
-func (c *conn) serve() error {
+func (c *conn) serve() (err error) {
 	c.jobs = make(chan job, maxInFlight)
-	defer c.wg.Wait()
-	defer close(c.jobs)
+	disc := false
+	defer func() {
+		close(c.jobs)
+		if disc {
+			// The spec has the server answer what is in progress after a
+			// DISC; a client that stops reading meanwhile gets a bounded
+			// wait, not a connection held forever.
+			c.conn.SetWriteDeadline(time.Now().Add(discReplyTimeout))
+		} else {
+			// The client broke the protocol, went away, or outstayed the
+			// shutdown grace: replies still being written would wait
+			// forever on a client that may never read them, holding its
+			// connection slot. Closing fails those writes.
+			c.conn.Close()
+		}
+		c.wg.Wait()
+	}()
 	r := newReader(c.conn)
 	shut := c.srv.shutdownCh()
 	var hdr [nbd.RequestSize]byte
@@ -93,6 +113,7 @@ func (c *conn) serve() error {
 			return err
 		}
 		if req.Type == nbd.CmdDisc {
+			disc = true
 			return nil
 		}
 		errno, msg := c.validate(req)
@@ -477,29 +498,43 @@ func (c *conn) readMap(off, n int64) ([]block.Extent, error) {
 // descriptors; this is the same).
 const maxDescriptors = 1 << 17
 
+// statusWindow is how much of the export one block status lookup covers.
+// A request may span 4 GiB; mapped whole, an image of small extents would
+// cost memory and time in proportion before the descriptor cap or
+// REQ_ONE cut the answer short. In windows, a request holds one window's
+// extents at a time and stops mapping as soon as the reply is full.
+const statusWindow = 32 << 20
+
 func (c *conn) blockStatus(req nbd.Request) error {
-	exts, err := block.MapChain(c.exp.Image, int64(req.Offset), int64(req.Length))
-	if err != nil {
-		return c.fail(req, err)
-	}
 	type desc struct{ length, flags uint32 }
 	var ds []desc
-	for _, e := range exts {
-		var f uint32
-		if e.Status&block.StatusData == 0 {
-			f |= nbd.StateHole
+	reqOne := req.Flags&nbd.CmdFlagReqOne != 0
+	off, end := int64(req.Offset), int64(req.Offset)+int64(req.Length)
+	full := false
+	for off < end && !full {
+		exts, err := block.MapChain(c.exp.Image, off, min(end-off, statusWindow))
+		if err != nil {
+			return c.fail(req, err)
 		}
-		if e.Status&block.StatusZero != 0 {
-			f |= nbd.StateZero
+		for _, e := range exts {
+			var f uint32
+			if e.Status&block.StatusData == 0 {
+				f |= nbd.StateHole
+			}
+			if e.Status&block.StatusZero != 0 {
+				f |= nbd.StateZero
+			}
+			if k := len(ds); k > 0 && ds[k-1].flags == f {
+				ds[k-1].length += uint32(e.Length)
+				continue
+			}
+			if len(ds) == maxDescriptors || (reqOne && len(ds) == 1) {
+				full = true
+				break
+			}
+			ds = append(ds, desc{uint32(e.Length), f})
 		}
-		if k := len(ds); k > 0 && ds[k-1].flags == f {
-			ds[k-1].length += uint32(e.Length)
-			continue
-		}
-		if len(ds) == maxDescriptors || (req.Flags&nbd.CmdFlagReqOne != 0 && len(ds) == 1) {
-			break
-		}
-		ds = append(ds, desc{uint32(e.Length), f})
+		off += min(end-off, statusWindow)
 	}
 	if len(ds) == 0 {
 		return c.sendError(req, nbd.EIO, "no block status")

@@ -16,6 +16,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"vdisk/block"
@@ -78,8 +79,10 @@ type Server struct {
 	Exports []*Export
 	// TLS, when set, is required: clients must STARTTLS before anything else.
 	TLS *tls.Config
-	// MaxConns bounds simultaneous connections; 0 means no bound. Extra
-	// connections are closed straight away.
+	// MaxConns bounds simultaneous connections; 0 means no bound. As
+	// qemu-nbd does, Serve stops accepting while every slot is taken, so
+	// further clients wait in the listen backlog until one frees;
+	// ServeConn, handed a connection already accepted, closes it instead.
 	MaxConns int
 	// HandshakeTimeout bounds the whole handshake so that a client that
 	// stalls cannot hold a connection slot; 0 means 10 seconds.
@@ -99,6 +102,8 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]struct{}
+	reserved  int        // slots held by Serve loops about to accept
+	slotFreed *sync.Cond // on mu: a connection ended, or Shutdown began
 	closed    bool
 	shutting  chan struct{} // closed by Shutdown
 	wg        sync.WaitGroup
@@ -139,7 +144,8 @@ func (s *Server) logf(format string, args ...any) {
 	}
 }
 
-// Serve accepts connections on l until Shutdown or an accept error.
+// Serve accepts connections on l until Shutdown or an accept error that
+// is not passing.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
@@ -152,24 +158,38 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 	s.listeners[l] = struct{}{}
 	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
+	var backoff time.Duration
 	for {
+		if !s.reserve() {
+			return ErrServerClosed
+		}
 		c, err := l.Accept()
 		if err != nil {
 			s.mu.Lock()
+			s.reserved--
 			closed := s.closed
-			delete(s.listeners, l)
 			s.mu.Unlock()
 			if closed {
 				return ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
+			if !passing(err) {
+				return err
 			}
-			return err
+			// Out of file descriptors, buffers or memory, or a client
+			// that gave up before it was accepted: the server must keep
+			// going, as net/http's does, without spinning meanwhile.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.logf("nbd: accept: %v; retrying in %v", err, backoff)
+			time.Sleep(backoff)
+			continue
 		}
-		if !s.track(c) {
+		backoff = 0
+		if !s.track(c, true) {
 			c.Close()
 			continue
 		}
@@ -177,11 +197,49 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 }
 
-// track registers a new connection, refusing it over the limit.
-func (s *Server) track(c net.Conn) bool {
+// passing reports whether an accept error is worth waiting out.
+func passing(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// reserve waits for a free connection slot and holds it for the next
+// accept; it reports false once the server is closed. Not accepting at
+// all while full is what qemu-nbd does: a client over the limit waits
+// for a slot instead of being hung up on.
+func (s *Server) reserve() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || (s.MaxConns > 0 && len(s.conns) >= s.MaxConns) {
+	if s.slotFreed == nil {
+		s.slotFreed = sync.NewCond(&s.mu)
+	}
+	for !s.closed && s.MaxConns > 0 && len(s.conns)+s.reserved >= s.MaxConns {
+		s.slotFreed.Wait()
+	}
+	if s.closed {
+		return false
+	}
+	s.reserved++
+	return true
+}
+
+// track registers a new connection, taking the slot reserve held for it
+// or refusing it over the limit.
+func (s *Server) track(c net.Conn, reserved bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if reserved {
+		s.reserved--
+	}
+	if s.closed || (!reserved && s.MaxConns > 0 && len(s.conns) >= s.MaxConns) {
 		s.logf("nbd: refusing connection from %s: too many connections", c.RemoteAddr())
 		return false
 	}
@@ -197,6 +255,9 @@ func (s *Server) untrack(c net.Conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	idle := len(s.conns) == 0 && !s.closed
+	if s.slotFreed != nil {
+		s.slotFreed.Broadcast()
+	}
 	s.mu.Unlock()
 	s.wg.Done()
 	if idle && s.OnIdle != nil {
@@ -207,7 +268,7 @@ func (s *Server) untrack(c net.Conn) {
 // ServeConn serves one already-accepted connection and returns when it
 // ends. It counts against MaxConns like an accepted one.
 func (s *Server) ServeConn(c net.Conn) {
-	if !s.track(c) {
+	if !s.track(c, false) {
 		c.Close()
 		return
 	}
@@ -225,6 +286,9 @@ func (s *Server) Shutdown() {
 	if !s.closed {
 		s.closed = true
 		close(shut)
+	}
+	if s.slotFreed != nil {
+		s.slotFreed.Broadcast()
 	}
 	for l := range s.listeners {
 		l.Close()
@@ -371,6 +435,18 @@ func (h *handshake) run() (*conn, error) {
 		if _, err := io.ReadFull(h.conn, data); err != nil {
 			return nil, err
 		}
+		if h.shuttingDown() && oh.Option != nbd.OptAbort {
+			// The spec asks a server going away to refuse further options
+			// so that the client disconnects softly; EXPORT_NAME has no
+			// error reply, so that client is hung up on.
+			if oh.Option == nbd.OptExportName {
+				return nil, errors.New("NBD_OPT_EXPORT_NAME during shutdown")
+			}
+			if err := h.replyErr(oh.Option, nbd.RepErrShutdown, "server is shutting down"); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if h.srv.TLS != nil && !h.tls && oh.Option != nbd.OptStartTLS && oh.Option != nbd.OptAbort {
 			if oh.Option == nbd.OptExportName {
 				return nil, errors.New("NBD_OPT_EXPORT_NAME before TLS")
@@ -384,6 +460,15 @@ func (h *handshake) run() (*conn, error) {
 		if err != nil || c != nil {
 			return c, err
 		}
+	}
+}
+
+func (h *handshake) shuttingDown() bool {
+	select {
+	case <-h.srv.shutdownCh():
+		return true
+	default:
+		return false
 	}
 }
 
@@ -526,7 +611,13 @@ func (h *handshake) metaContext(opt uint32, data []byte) error {
 		h.metaExport = req.Export
 	}
 	if match {
-		b := binary.BigEndian.AppendUint32(nil, metaContextID)
+		// The spec reserves the id in LIST replies and asks for zero, as
+		// qemu-nbd sends; only SET gives the context its id.
+		id := uint32(0)
+		if opt == nbd.OptSetMetaContext {
+			id = metaContextID
+		}
+		b := binary.BigEndian.AppendUint32(nil, id)
 		b = append(b, nbd.MetaBaseAllocation...)
 		if err := h.reply(opt, nbd.RepMetaContext, b); err != nil {
 			return err

@@ -360,39 +360,6 @@ func TestHandshakeTimeoutDoesNotStallOthers(t *testing.T) {
 	}
 }
 
-func TestMaxConns(t *testing.T) {
-	_, addr, _ := testServer(t, 1<<20, func(s *Server) { s.MaxConns = 1 })
-	first := dial(t, addr)
-	first.goTo("", false)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	second := &client{t: t, c: c}
-	second.expectClosed()
-	c.Close()
-	first.req(nbd.CmdDisc, 0, 0, 0, 0, nil)
-	first.expectClosed()
-	// The slot is free again.
-	for i := 0; ; i++ {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		var hello [18]byte
-		_, err = io.ReadFull(c, hello[:])
-		c.Close()
-		if err == nil {
-			break
-		}
-		if i > 50 {
-			t.Fatal("slot never freed")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func TestTransmissionErrors(t *testing.T) {
 	_, addr, _ := testServer(t, 1<<20, nil)
 	cl := dial(t, addr)
@@ -597,14 +564,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 		wg.Wait()
 		srv.Shutdown()
 	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if n := runtime.NumGoroutine(); n > before {
-		buf := make([]byte, 1<<16)
-		t.Fatalf("%d goroutines before, %d after:\n%s", before, n, buf[:runtime.Stack(buf, true)])
-	}
+	goroutines(t, "Shutdown", before)
 }
 
 // chunkTypes reads a structured read reply, checks its bytes against

@@ -30,18 +30,7 @@ func TestShutdownSoftDisconnect(t *testing.T) {
 		down := make(chan time.Duration, 1)
 		start := time.Now()
 		go func() { srv.Shutdown(); down <- time.Since(start) }()
-		// Shutdown has begun once the listener is closed.
-		for i := 0; ; i++ {
-			c, err := net.Dial("tcp", addr)
-			if err != nil {
-				break
-			}
-			c.Close()
-			if i > 200 {
-				t.Fatal("listener still open")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		waitListenerClosed(t, addr)
 		cl.req(nbd.CmdWrite, 0, 2, 0, 4096, bytes.Repeat([]byte{2}, 4096))
 		if e := replyErr(cl.reply(0)); e != nbd.ESHUTDOWN {
 			t.Fatalf("write during shutdown: error %d, want ESHUTDOWN", e)
@@ -81,4 +70,38 @@ func TestShutdownGraceExpires(t *testing.T) {
 		t.Fatal("Shutdown did not end an idle client's connection after its grace period")
 	}
 	cl.expectClosed()
+}
+
+// waitListenerClosed returns once addr refuses connections: Shutdown has
+// begun.
+func waitListenerClosed(t *testing.T, addr string) {
+	t.Helper()
+	for i := 0; ; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return
+		}
+		c.Close()
+		if i > 200 {
+			t.Fatal("listener still open")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// opt is an option and its data.
+type opt struct {
+	opt  uint32
+	data []byte
+}
+
+// expectOptErr sends each option and expects it refused with want.
+func (cl *client) expectOptErr(want uint32, opts ...opt) {
+	cl.t.Helper()
+	for _, o := range opts {
+		cl.opt(o.opt, o.data)
+		if h, _ := cl.optReply(); h.Type != want || h.Option != o.opt {
+			cl.t.Fatalf("option %d: reply %#x for option %d, want %#x", o.opt, h.Type, h.Option, want)
+		}
+	}
 }

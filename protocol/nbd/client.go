@@ -162,7 +162,16 @@ type Client struct {
 	structured bool
 	metaID     uint32
 	hasMeta    bool
+	// The server's block size constraints (NBD_INFO_BLOCK_SIZE), which
+	// the client promised to honour by asking for them in NBD_OPT_GO:
+	// every offset and length a multiple of minBlock, READ and WRITE at
+	// most maxPayload, WRITE_ZEROES and TRIM at most maxLength.
+	minBlock   int64
 	maxPayload int64
+	maxLength  int64
+	// rmw keeps read-modify-write cycles apart from every other write
+	// they overlap (only needed when minBlock > 1).
+	rmw rangeLock
 
 	wmu sync.Mutex
 
@@ -204,7 +213,8 @@ func Dial(name string) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	c := &Client{name: name, conn: conn, pending: map[uint64]*call{}, readerEnd: make(chan struct{}), maxPayload: nbd.MaxPayload}
+	c := &Client{name: name, conn: conn, pending: map[uint64]*call{}, readerEnd: make(chan struct{}),
+		minBlock: 1, maxPayload: nbd.MaxPayload, maxLength: bigStep}
 	conn.SetDeadline(time.Now().Add(30 * time.Second))
 	if err := c.handshake(t); err != nil {
 		c.conn.Close()
@@ -319,8 +329,8 @@ func (c *Client) handshake(t *Target) error {
 			if len(data) != 14 {
 				return errors.New("malformed NBD_INFO_BLOCK_SIZE")
 			}
-			if m := int64(be.Uint32(data[10:])); m >= 512 && m < c.maxPayload {
-				c.maxPayload = m
+			if err := c.setBlockSizes(be.Uint32(data[2:]), be.Uint32(data[6:]), be.Uint32(data[10:])); err != nil {
+				return err
 			}
 		}
 	}
@@ -626,36 +636,6 @@ func (c *Client) wait(cl *call) error {
 	return nil
 }
 
-// split runs a command over [off, off+n) in pieces of at most max bytes,
-// all in flight at once.
-func (c *Client) split(typ, flags uint16, off, n, max int64, p []byte) error {
-	var calls []*call
-	var firstErr error
-	for done := int64(0); done < n; {
-		l := min(n-done, max)
-		var payload, buf []byte
-		switch typ {
-		case nbd.CmdRead:
-			buf = p[done : done+l]
-		case nbd.CmdWrite:
-			payload = p[done : done+l]
-		}
-		cl, err := c.start(typ, flags, off+done, uint32(l), payload, buf)
-		if err != nil {
-			firstErr = err
-			break
-		}
-		calls = append(calls, cl)
-		done += l
-	}
-	for _, cl := range calls {
-		if err := c.wait(cl); err != nil && firstErr == nil {
-			firstErr = err
-		}
-	}
-	return firstErr
-}
-
 // Name is the URI the client was opened with.
 func (c *Client) Name() string { return c.name }
 
@@ -677,7 +657,7 @@ func (c *Client) ReadAt(p []byte, off int64) (int, error) {
 		return 0, io.EOF
 	}
 	n := min(int64(len(p)), c.size-off)
-	if err := c.split(nbd.CmdRead, 0, off, n, c.maxPayload, p[:n]); err != nil {
+	if err := c.read(p[:n], off); err != nil {
 		return 0, err
 	}
 	if n < int64(len(p)) {
@@ -691,7 +671,7 @@ func (c *Client) WriteAt(p []byte, off int64) (int, error) {
 	if err := c.checkWrite(off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	if err := c.split(nbd.CmdWrite, 0, off, int64(len(p)), c.maxPayload, p); err != nil {
+	if err := c.write(p, off); err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -742,7 +722,7 @@ func (c *Client) PunchHole(off, n int64) error {
 	if err := c.checkWrite(off, n); err != nil {
 		return err
 	}
-	return c.split(nbd.CmdWriteZeroes, 0, off, n, bigStep, nil)
+	return c.zero(0, off, n)
 }
 
 // Trim is NBD_CMD_TRIM: the server may free the range; its content is
@@ -754,7 +734,13 @@ func (c *Client) Trim(off, n int64) error {
 	if err := c.checkWrite(off, n); err != nil {
 		return err
 	}
-	return c.split(nbd.CmdTrim, 0, off, n, bigStep, nil)
+	// A hint need not cover the blocks only partly in the range.
+	lo, hi := alignUp(off, c.minBlock), alignDown(off+n, c.minBlock)
+	if lo >= hi {
+		return nil
+	}
+	defer c.rmw.lock(c.minBlock > 1, lo, hi, false)()
+	return c.split(nbd.CmdTrim, 0, lo, hi-lo, c.maxLength, nil)
 }
 
 // ZeroRange is NBD_CMD_WRITE_ZEROES keeping the space allocated.
@@ -765,7 +751,7 @@ func (c *Client) ZeroRange(off, n int64) error {
 	if err := c.checkWrite(off, n); err != nil {
 		return err
 	}
-	return c.split(nbd.CmdWriteZeroes, nbd.CmdFlagNoHole, off, n, bigStep, nil)
+	return c.zero(nbd.CmdFlagNoHole, off, n)
 }
 
 // MapData is NBD_CMD_BLOCK_STATUS with base:allocation: holes and zeros
@@ -783,13 +769,23 @@ func (c *Client) MapData(off, n int64) ([]block.Extent, error) {
 		out = append(out, block.Extent{Offset: o, Length: l, Status: st, HostOffset: o, File: c.name})
 	}
 	end := off + n
-	for off < end {
-		if !c.hasMeta {
-			add(off, end-off, block.StatusData)
-			break
+	if !c.hasMeta {
+		if n > 0 {
+			add(off, n, block.StatusData)
 		}
-		l := min(end-off, bigStep)
-		cl, err := c.start(nbd.CmdBlockStatus, 0, off, uint32(l), nil, nil)
+		return out, nil
+	}
+	// Queries cover whole blocks; what lies outside [off, end) is cut off.
+	pos, qend := alignDown(off, c.minBlock), min(alignUp(end, c.minBlock), c.size)
+	clip := func(o, l int64, st block.Status) {
+		lo, hi := max(o, off), min(o+l, end)
+		if lo < hi {
+			add(lo, hi-lo, st)
+		}
+	}
+	for pos < end {
+		l := min(qend-pos, alignDown(bigStep, c.minBlock))
+		cl, err := c.start(nbd.CmdBlockStatus, 0, pos, uint32(l), nil, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -798,7 +794,7 @@ func (c *Client) MapData(off, n int64) ([]block.Extent, error) {
 		}
 		progressed := false
 		for _, d := range cl.descs {
-			dl := min(int64(d.Length), end-off)
+			dl := min(int64(d.Length), qend-pos)
 			if dl <= 0 {
 				break
 			}
@@ -806,12 +802,20 @@ func (c *Client) MapData(off, n int64) ([]block.Extent, error) {
 			if d.Flags&nbd.StateZero != 0 {
 				st = block.StatusZero
 			}
-			add(off, dl, st)
-			off += dl
+			clip(pos, dl, st)
+			pos += dl
 			progressed = true
 		}
 		if !progressed {
-			return nil, fmt.Errorf("%s: block status at %d made no progress", c.name, off)
+			return nil, fmt.Errorf("%s: block status at %d made no progress", c.name, pos)
+		}
+		if r := pos % c.minBlock; r != 0 && pos < qend {
+			// A server that breaks its own minimum: the rest of that
+			// block is called data, which is always safe, so that the
+			// next query starts aligned.
+			pad := min(c.minBlock-r, qend-pos)
+			clip(pos, pad, block.StatusData)
+			pos += pad
 		}
 	}
 	return out, nil

@@ -240,3 +240,131 @@ func TestParseURI(t *testing.T) {
 		}
 	}
 }
+
+// An nbdkit export whose filter fails every request that breaks its
+// block size constraints (minimum 4096, maximum 64 KiB) with EINVAL:
+// unaligned reads, writes and zeroings through vdisk's client give the
+// same bytes as on a local buffer, concurrent unaligned writes sharing
+// blocks lose nothing, and an unaligned trim leaves partial blocks alone.
+func TestBlockSizeConstraints(t *testing.T) {
+	const size = 1 << 20
+	sock := filepath.Join(t.TempDir(), "s")
+	startTool(t, sock, "nbdkit", "-f", "-U", sock, "--filter=blocksize-policy", "memory", fmt.Sprint(size),
+		"blocksize-minimum=4096", "blocksize-preferred=16384", "blocksize-maximum=65536", "blocksize-error-policy=error")
+	f, err := nbdc.Dial("nbd+unix:///?socket=" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ref := make([]byte, size)
+	check := func(what string) {
+		t.Helper()
+		got := make([]byte, size)
+		if _, err := f.ReadAt(got, 0); err != nil {
+			t.Fatalf("%s: read back: %v", what, err)
+		}
+		if i := firstDiff(got, ref); i >= 0 {
+			t.Fatalf("%s: byte %d is %#x, want %#x", what, i, got[i], ref[i])
+		}
+	}
+	rnd := rand.New(rand.NewSource(3))
+	for i := 0; i < 200; i++ {
+		off := rnd.Int63n(size)
+		n := min(rnd.Int63n(200<<10)+1, size-off)
+		if i%10 == 0 {
+			n = min(rnd.Int63n(100)+1, size-off) // within one block
+		}
+		var what string
+		switch i % 4 {
+		case 0, 1:
+			what = fmt.Sprintf("write %d+%d", off, n)
+			p := make([]byte, n)
+			rnd.Read(p)
+			if _, err := f.WriteAt(p, off); err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+			copy(ref[off:], p)
+		case 2:
+			what = fmt.Sprintf("zero %d+%d", off, n)
+			if err := f.ZeroRange(off, n); err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+			clear(ref[off : off+n])
+		case 3:
+			what = fmt.Sprintf("punch %d+%d", off, n)
+			if err := f.PunchHole(off, n); err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+			clear(ref[off : off+n])
+		}
+		// Unaligned reads of what was just changed, edges included.
+		lo, hi := max(off-5, 0), min(off+n+5, size)
+		got := make([]byte, hi-lo)
+		if _, err := f.ReadAt(got, lo); err != nil {
+			t.Fatalf("after %s: read %d+%d: %v", what, lo, hi-lo, err)
+		}
+		if j := firstDiff(got, ref[lo:hi]); j >= 0 {
+			t.Fatalf("after %s: byte %d is %#x, want %#x", what, lo+int64(j), got[j], ref[lo+int64(j)])
+		}
+	}
+	check("random I/O")
+
+	// Writers of adjacent 100-byte pieces, all in the same few blocks:
+	// without read-modify-writes kept apart, one undoes another.
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for w := 0; w < 64; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for k := 0; k < 8; k++ {
+				off := int64(8192 + (k*64+w)*100)
+				p := bytes.Repeat([]byte{byte(w + 1)}, 100)
+				if _, err := f.WriteAt(p, off); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for w := 0; w < 64; w++ {
+		for k := 0; k < 8; k++ {
+			off := 8192 + (k*64+w)*100
+			copy(ref[off:off+100], bytes.Repeat([]byte{byte(w + 1)}, 100))
+		}
+	}
+	check("concurrent unaligned writes")
+
+	// Trim is a hint: only the whole blocks inside go to the server.
+	if err := f.Trim(100, 3*4096); err != nil {
+		t.Fatal(err)
+	}
+	clear(ref[4096 : 3*4096])
+	check("unaligned trim")
+	if err := f.Trim(4097, 100); err != nil {
+		t.Fatal(err)
+	}
+	check("trim inside one block")
+	// Block status of an unaligned range starts and ends where asked.
+	exts, err := f.MapData(4097, 3*4096)
+	if err != nil || len(exts) == 0 || exts[0].Offset != 4097 {
+		t.Fatalf("map: %+v %v", exts, err)
+	}
+	if last := exts[len(exts)-1]; last.Offset+last.Length != 4097+3*4096 {
+		t.Fatalf("map ends at %d", last.Offset+last.Length)
+	}
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range a {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return -1
+}
