@@ -65,6 +65,11 @@ type OpenFlags struct {
 	ForceShare bool
 	// Create makes a new, empty container, replacing an existing one.
 	Create bool
+	// CreateSize, with Create, is the length the format will give the
+	// container. A protocol that can tell it cannot hold that many bytes
+	// (a file system's maximum file size) fails before it empties an
+	// existing container.
+	CreateSize int64
 }
 
 // Protocol opens containers by name: a local file, an NBD URI.
@@ -206,8 +211,9 @@ func ReadProbe(f File) (head, tail []byte, err error) {
 }
 
 // Create makes a new image of the given format. opts are already parsed
-// against the format's CreateOptions. A create that fails removes the file
-// it made, so no partial image is left behind.
+// against the format's CreateOptions. A request the format's CheckCreate
+// refuses changes nothing; a create that fails later removes the file it
+// made, so no partial image is left behind.
 func Create(name, format string, opts Options) error {
 	fmtDrv, err := Lookup(format)
 	if err != nil {
@@ -216,14 +222,26 @@ func Create(name, format string, opts Options) error {
 	if fmtDrv.Create == nil {
 		return fmt.Errorf("%s: format '%s' does not support image creation", name, fmtDrv.Name)
 	}
+	var hostSize int64
+	if fmtDrv.CheckCreate != nil {
+		if hostSize, err = fmtDrv.CheckCreate(name, opts); err != nil {
+			return prefixName(name, err)
+		}
+	}
 	local := IsLocalName(name)
 	existed := false
 	if local {
 		_, statErr := os.Stat(name)
 		existed = statErr == nil
 	}
-	f, err := OpenFile(name, OpenFlags{Create: true})
+	removeNew := func() {
+		if local && !existed {
+			os.Remove(name)
+		}
+	}
+	f, err := OpenFile(name, OpenFlags{Create: true, CreateSize: hostSize})
 	if err != nil {
+		removeNew()
 		return err
 	}
 	cerr := fmtDrv.Create(f, opts)
@@ -235,9 +253,7 @@ func Create(name, format string, opts Options) error {
 		cerr = closeErr
 	}
 	if cerr != nil {
-		if local && !existed {
-			os.Remove(name)
-		}
+		removeNew()
 		return prefixName(name, cerr)
 	}
 	return nil

@@ -15,10 +15,11 @@ func init() { block.Register(Format) }
 
 // Format is the raw format driver.
 var Format = &block.Format{
-	Name:   "raw",
-	Probe:  func(head, tail []byte, name string) int { return 1 },
-	Open:   Open,
-	Create: create,
+	Name:        "raw",
+	Probe:       func(head, tail []byte, name string) int { return 1 },
+	Open:        Open,
+	Create:      create,
+	CheckCreate: checkCreate,
 	CreateOptions: []block.OptionSpec{
 		{Name: "size", Type: block.OptSize, Help: "Virtual disk size"},
 		{Name: "preallocation", Type: block.OptString, Help: "Preallocation mode (allowed values: off, falloc, full)"},
@@ -57,21 +58,52 @@ func Open(f block.File, opts *block.OpenOptions) (block.Image, error) {
 	return m, nil
 }
 
-func create(f block.File, opts block.Options) error {
+// maxSize keeps the size rounded up to whole sectors within an int64.
+const maxSize = 1<<63 - 512
+
+// createParams are the create options, checked.
+type createParams struct {
+	size     int64 // rounded up to whole sectors
+	prealloc string
+}
+
+func parseCreate(opts block.Options) (createParams, error) {
 	size := opts.Size("size", -1)
 	if size < 0 {
-		return errors.New("raw: image size must be specified")
+		return createParams{}, errors.New("raw: image size must be specified")
 	}
-	// qemu-img rounds raw images up to whole sectors; so do we, so that
-	// both tools make the same file.
-	if size > 1<<63-1-511 {
-		return fmt.Errorf("raw: image size %d is too large", size)
+	if size > maxSize {
+		return createParams{}, fmt.Errorf("raw: image size %d is too large", size)
 	}
-	size = (size + 511) &^ 511
+	p := createParams{
+		// qemu-img rounds raw images up to whole sectors; so do we, so
+		// that both tools make the same file.
+		size:     (size + 511) &^ 511,
+		prealloc: opts.String("preallocation", "off"),
+	}
+	switch p.prealloc {
+	case "off", "falloc", "full":
+	default:
+		return createParams{}, fmt.Errorf("raw: invalid preallocation mode '%s' (allowed: off, falloc, full)", p.prealloc)
+	}
+	return p, nil
+}
+
+func checkCreate(name string, opts block.Options) (int64, error) {
+	p, err := parseCreate(opts)
+	return p.size, err
+}
+
+func create(f block.File, opts block.Options) error {
+	p, err := parseCreate(opts)
+	if err != nil {
+		return err
+	}
+	size := p.size
 	if err := f.Truncate(size); err != nil {
 		return fmt.Errorf("raw: truncate: %w", err)
 	}
-	switch mode := opts.String("preallocation", "off"); mode {
+	switch p.prealloc {
 	case "off":
 		// Like QEMU's file-posix (allocate_first_block), write the first
 		// block so that probing the alignment of the new file works and
@@ -91,8 +123,6 @@ func create(f block.File, opts block.Options) error {
 		if err := block.WriteZeroBytes(f, 0, size); err != nil {
 			return fmt.Errorf("raw: preallocation=full: %w", err)
 		}
-	default:
-		return fmt.Errorf("raw: invalid preallocation mode '%s' (allowed: off, falloc, full)", mode)
 	}
 	return nil
 }

@@ -59,12 +59,34 @@ func Open(name string, flags block.OpenFlags) (block.File, error) {
 		}
 	}
 	if flags.Create {
+		if err := checkCreateSize(f, flags.CreateSize); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("could not create '%s': %w", name, err)
+		}
 		if err := f.Truncate(0); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("could not truncate '%s': %w", name, err)
 		}
 	}
 	return &File{f: f, name: name, readOnly: flags.ReadOnly && !flags.Create}, nil
+}
+
+// checkCreateSize makes sure the file system can hold a file of size
+// bytes before the old content is dropped: growing the file to that size
+// either fails (EFBIG, changing nothing) or only appends zeros, which the
+// emptying that follows removes again.
+func checkCreateSize(f *os.File, size int64) error {
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() || size <= st.Size() {
+		return nil
+	}
+	if err := f.Truncate(size); err != nil {
+		if errors.Is(err, unix.EFBIG) || errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("the image size %d is too large for this file (%w)", size, unwrapPath(err))
+		}
+		return unwrapPath(err)
+	}
+	return nil
 }
 
 // unwrapPath strips os.PathError's "open NAME:" so messages name the file once.
