@@ -79,6 +79,9 @@ type Protocol struct {
 	// a prefix). The file protocol matches what no other does.
 	Match func(name string) bool
 	Open  func(name string, flags OpenFlags) (File, error)
+	// Volatile: every open gets a new, empty container (a RAM disk), so
+	// nothing written through one open is there for the next.
+	Volatile bool
 }
 
 var protocols struct {
@@ -114,6 +117,18 @@ func OpenFile(name string, flags OpenFlags) (File, error) {
 		return nil, fmt.Errorf("%s: no protocol driver for this name", name)
 	}
 	return p.Open(name, flags)
+}
+
+// IsVolatile reports whether name belongs to a Volatile protocol.
+func IsVolatile(name string) bool {
+	protocols.RLock()
+	defer protocols.RUnlock()
+	for _, q := range protocols.list {
+		if q.Match(name) {
+			return q.Volatile
+		}
+	}
+	return false
 }
 
 // IsLocalName reports whether name refers to a local file rather than a

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -381,6 +380,11 @@ type ConvertOptions struct {
 // target gets the source's virtual size; a target that fails half way is
 // removed if this call created it.
 func Convert(src, dst string, o ConvertOptions) (err error) {
+	if block.IsVolatile(dst) && o.DstFormat != "" && o.DstFormat != "raw" && o.DstFormat != "mem" {
+		// The image created on a RAM disk would be gone by the time it is
+		// opened for the copy; only raw needs nothing from the create.
+		return fmt.Errorf("%s: a RAM disk target is new and empty on every open, so it takes only raw data, not a %s image (use -O raw)", dst, o.DstFormat)
+	}
 	in, err := block.Open(src, block.OpenOptions{Format: o.SrcFormat, ReadOnly: true, ForceShare: o.ForceShare, CacheSize: o.CacheSize})
 	if err != nil {
 		return err
@@ -414,7 +418,7 @@ func Convert(src, dst string, o ConvertOptions) (err error) {
 	// A new local file (or RAM disk) reads as zeros; a container behind
 	// another protocol (an NBD export) may hold old data, so zeros are
 	// written there explicitly.
-	cp.TargetZeroed = !o.NoCreate && (block.IsLocalName(dst) || strings.HasPrefix(dst, "mem:"))
+	cp.TargetZeroed = !o.NoCreate && (block.IsLocalName(dst) || block.IsVolatile(dst))
 	if !o.Unsafe && block.IsLocalName(dst) {
 		if wb := newWriteback(dst); wb != nil {
 			defer wb.close()
