@@ -65,11 +65,25 @@ type OpenFlags struct {
 	ForceShare bool
 	// Create makes a new, empty container, replacing an existing one.
 	Create bool
+	// LockLater leaves QEMU's image locks to a call of Locker.Lock, for
+	// an opener that must read the container (probe its format) before it
+	// knows which locks to take. Ignored with Create.
+	LockLater bool
 	// CreateSize, with Create, is the length the format will give the
 	// container. A protocol that can tell it cannot hold that many bytes
 	// (a file system's maximum file size) fails before it empties an
 	// existing container.
 	CreateSize int64
+}
+
+// Locker is implemented by containers that take QEMU's image locks (the
+// local file protocol). One opened with OpenFlags.LockLater takes them
+// when Lock is called.
+type Locker interface {
+	// Lock takes the locks for the flags the container was opened with.
+	// shareWrite lets others write and resize the container while a
+	// read-only open lasts, as QEMU's raw format does.
+	Lock(shareWrite bool) error
 }
 
 // Protocol opens containers by name: a local file, an NBD URI.
@@ -159,7 +173,7 @@ func Open(name string, opts OpenOptions) (Image, error) {
 		}
 		format = f
 	}
-	f, err := OpenFile(name, OpenFlags{ReadOnly: opts.ReadOnly, ForceShare: opts.ForceShare})
+	f, err := OpenFile(name, OpenFlags{ReadOnly: opts.ReadOnly, ForceShare: opts.ForceShare, LockLater: true})
 	if err != nil {
 		return nil, err
 	}
@@ -176,6 +190,14 @@ func Open(name string, opts OpenOptions) (Image, error) {
 		}
 		opts.Probed = true
 		opts.Format = format.Name
+	}
+	if l, ok := f.(Locker); ok {
+		// A backing file is never shared for writing: its readers (the
+		// overlays) cannot tell that it changed under them.
+		if err := l.Lock(opts.ReadOnly && format.ReadersShareWrite && opts.Depth == 0); err != nil {
+			f.Close()
+			return nil, err
+		}
 	}
 	opts.Chain = append(opts.Chain[:len(opts.Chain):len(opts.Chain)], identity(name, f))
 	if format.Open == nil {

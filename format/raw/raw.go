@@ -20,6 +20,9 @@ var Format = &block.Format{
 	Open:        Open,
 	Create:      create,
 	CheckCreate: checkCreate,
+	// Like QEMU's raw driver: a reader has no metadata a writer could
+	// make inconsistent, so it lets others write.
+	ReadersShareWrite: true,
 	CreateOptions: []block.OptionSpec{
 		{Name: "size", Type: block.OptSize, Help: "Virtual disk size"},
 		{Name: "preallocation", Type: block.OptString, Help: "Preallocation mode (allowed values: off, falloc, full)"},
