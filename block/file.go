@@ -43,6 +43,9 @@ type Allocator interface {
 
 // DataMapper reports which parts of a range hold data and which are holes.
 // Extents carry StatusData or StatusZero, and HostOffset equal to Offset.
+// A range past the end of the container reads as zeros (ReadAt is short
+// there) and is reported as StatusZero, with HostOffset -1 where the
+// container could not hold data there.
 type DataMapper interface {
 	MapData(off, n int64) ([]Extent, error)
 }

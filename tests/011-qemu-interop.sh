@@ -97,3 +97,21 @@ q=$(grep -v ' ops; ' qio.out)
 v=$($VDISK io -f raw "${cmds[@]}" io2.img); vs=$?
 [ "$q" == "$v" ] && [ $qs == $vs ] && echo "io output agrees (exit $vs)" || { echo "io DISAGREES: $qs $vs"; diff <(echo "$q") <(echo "$v"); }
 cmp io1.img io2.img && echo "io results identical"
+
+echo "== raw files whose size is not a multiple of 512"
+printf 'hello' >u5.img
+head -c 10000 sparse.img | tr '\0' 'x' >u10k.img
+truncate -s 10000 h10k.img
+for f in u5.img u10k.img h10k.img; do
+	agree "info $f" info --output json $f
+	agree "map json $f" map --output json $f
+	agree "map $f" map $f
+	qemu-img convert -O raw $f q-$f; $VDISK convert -O raw $f v-$f
+	cmp q-$f v-$f && echo "$f: converted images identical ($(stat -c %s v-$f) bytes)"
+	agree "compare $f" compare $f v-$f
+done
+for c in "read -P 0 5 507" "write -P 0x41 500 12" "write -P 0x41 100 3" "write -z 200 100" "discard 0 512"; do
+	cp u5.img q.img; cp u5.img v.img
+	q=$(qemu-io -f raw -c "$c" q.img | grep -v ' ops; '); v=$($VDISK io -f raw -c "$c" v.img)
+	[ "$q" == "$v" ] && cmp q.img v.img && echo "$c: same output, same file ($(stat -c %s v.img) bytes)"
+done

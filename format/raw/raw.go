@@ -57,8 +57,19 @@ func Open(f block.File, opts *block.OpenOptions) (block.Image, error) {
 		return nil, fmt.Errorf("raw: size: %w", err)
 	}
 	m := &Image{f: f, readOnly: opts.ReadOnly, probed: opts.Probed, unsafe: opts.Unsafe}
-	m.size.Store(size)
+	m.size.Store(sectorSize(size))
 	return m, nil
+}
+
+// sectorSize is the virtual size of a container of n bytes. QEMU counts
+// images in whole 512-byte sectors, so a file whose length is not a
+// multiple of 512 is a disk a little larger: the part past the end of the
+// file reads as zeros, and a write there extends the file.
+func sectorSize(n int64) int64 {
+	if n > maxSize {
+		return n &^ 511
+	}
+	return (n + 511) &^ 511
 }
 
 // maxSize keeps the size rounded up to whole sectors within an int64.
@@ -301,7 +312,9 @@ func (m *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
 	return block.WriteZeroBytes(m.f, off, n)
 }
 
-// BlockStatus maps data and holes of the container one to one.
+// BlockStatus maps data and holes of the container one to one; the
+// container reports what lies past its end (the rest of a partial last
+// sector) as zeros.
 func (m *Image) BlockStatus(off, n int64) ([]block.Extent, error) {
 	if err := block.CheckRange(off, n, m.Size()); err != nil {
 		return nil, err
@@ -341,7 +354,7 @@ func (m *Image) Resize(size int64, shrink bool) error {
 	if err := m.f.Truncate(size); err != nil {
 		return fmt.Errorf("raw: resize: %w", err)
 	}
-	m.size.Store(size)
+	m.size.Store(sectorSize(size))
 	return nil
 }
 

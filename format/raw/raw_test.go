@@ -278,6 +278,41 @@ func TestResize(t *testing.T) {
 	}
 }
 
+// A file whose length is not a multiple of 512 is a disk of whole
+// sectors, as in qemu-img: the rest of the last sector reads as zeros, a
+// write there extends the file, and block status reports it as zeros.
+func TestPartialLastSector(t *testing.T) {
+	name := t.TempDir() + "/u.img"
+	if err := os.WriteFile(name, []byte("hello"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img := open(t, name, block.OpenOptions{Format: "raw"})
+	if img.Size() != 512 {
+		t.Fatalf("size %d, want 512", img.Size())
+	}
+	b := bytes.Repeat([]byte{0xff}, 512)
+	if _, err := img.ReadAt(b, 0); err != nil || string(b[:5]) != "hello" || !bytes.Equal(b[5:], make([]byte, 507)) {
+		t.Errorf("read: %v %q", err, b[:8])
+	}
+	exts, err := img.BlockStatus(0, 512)
+	if err != nil || len(exts) != 2 || exts[0].Length != 5 || exts[0].Status != block.StatusData ||
+		exts[1].Offset != 5 || exts[1].Length != 507 || exts[1].Status != block.StatusZero {
+		t.Errorf("block status: %v %+v", err, exts)
+	}
+	if _, err := img.WriteAt([]byte("!"), 99); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.WriteAt([]byte("!"), 512); err == nil {
+		t.Error("write past the last sector accepted")
+	}
+	if st, _ := os.Stat(name); st.Size() != 100 {
+		t.Errorf("file size %d after a write at 99, want 100", st.Size())
+	}
+	if err := img.(block.Resizer).Resize(1000, false); err != nil || img.Size() != 1024 {
+		t.Errorf("resize to 1000: %v, size %d", err, img.Size())
+	}
+}
+
 func TestFileAccessor(t *testing.T) {
 	img := open(t, create(t, 4096, ""), block.OpenOptions{Format: "raw"})
 	if img.(*raw.Image).File() == nil {
