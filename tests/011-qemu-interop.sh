@@ -33,6 +33,13 @@ echo "== map"
 agree "map json" map --output json sparse.img
 agree "map human" map sparse.img
 agree "map json -f raw" map -f raw --output=json sparse.img
+: >empty.img
+for args in "-s 32M" "-s 40M -l 4k" "-l 0" "-s 1M -l 0"; do
+	agree "map json $args" map -f raw --output json $args sparse.img
+	agree "map $args" map -f raw $args sparse.img
+done
+agree "map json of an empty file" map -f raw --output json empty.img
+agree "map of an empty file" map -f raw empty.img
 
 echo "== create"
 agree "create" create -f raw new.img 10M
