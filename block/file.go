@@ -60,3 +60,14 @@ type Stater interface {
 type AllocatedSizer interface {
 	AllocatedSize() (int64, error)
 }
+
+// CreateHinter takes the hints qemu-img's file protocol gives a new image
+// (its nocow and extent_size_hint options). File systems that do not know
+// them fail with an error wrapping ErrNotSupported.
+type CreateHinter interface {
+	// SetNoCOW turns off copy-on-write (btrfs), for an empty container.
+	SetNoCOW() error
+	// SetExtentSizeHint asks for allocations in extents of n bytes (XFS);
+	// 0 clears the hint.
+	SetExtentSizeHint(n uint32) error
+}

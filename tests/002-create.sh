@@ -15,6 +15,9 @@ run $VDISK create -f raw e.img 100
 stat -c '%n %s' e.img
 run $VDISK create -q f.img 1G
 stat -c '%n %s' f.img
+# File-system hints, as qemu-img takes them (ignored where unsupported).
+run $VDISK create -o nocow=on,preallocation=off,extent_size_hint=0 g.img 1M
+stat -c '%n %s' g.img
 echo "== -o help"
 run $VDISK create -o help
 run $VDISK create -f raw -o '?' x.img
@@ -27,6 +30,8 @@ run $VDISK create -f nosuch bad.img 1M
 run $VDISK create -o nosuch=1 bad.img 1M
 run $VDISK create -o preallocation=bad bad.img 1M
 run $VDISK create -o preallocation bad.img 1M
+run $VDISK create -o extent_size_hint=4G bad.img 1M
+run $VDISK create -o nocow=maybe bad.img 1M
 run $VDISK create -b a.img bad.img 1M
 run $VDISK create -F raw bad.img 1M
 run $VDISK create no/such/dir/bad.img 1M

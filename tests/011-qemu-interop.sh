@@ -46,6 +46,8 @@ agree "create" create -f raw new.img 10M
 agree "create odd size" create -f raw odd.img 5000
 agree "create full" create -f raw -o preallocation=full full.img 1M
 agree "create falloc" create -f raw -o preallocation=falloc fa.img 1M
+agree "create hints" create -f raw -o nocow=on,preallocation=off,extent_size_hint=0 hints.img 1M
+echo "exit statuses for a hint over 4G: qemu-img $(status qemu-img create -o extent_size_hint=5G big.img 1M), vdisk $(status $VDISK create -o extent_size_hint=5G big.img 1M)"
 qemu-img create -f raw q-new.img 3M >/dev/null; $VDISK create -f raw v-new.img 3M >/dev/null
 same "map of created images" qemu-img map --output json q-new.img :: $VDISK map --output json q-new.img
 same "map of vdisk-created image" qemu-img map --output json q-new.img :: qemu-img map --output json v-new.img

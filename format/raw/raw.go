@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"sync/atomic"
 
@@ -23,9 +24,12 @@ var Format = &block.Format{
 	// Like QEMU's raw driver: a reader has no metadata a writer could
 	// make inconsistent, so it lets others write.
 	ReadersShareWrite: true,
+	// In qemu-img's order, which is that of its "Formatting" line.
 	CreateOptions: []block.OptionSpec{
 		{Name: "size", Type: block.OptSize, Help: "Virtual disk size"},
+		{Name: "nocow", Type: block.OptBool, Help: "Turn off copy-on-write (valid only on btrfs)"},
 		{Name: "preallocation", Type: block.OptString, Help: "Preallocation mode (allowed values: off, falloc, full)"},
+		{Name: "extent_size_hint", Type: block.OptSize, Help: "Extent size hint for the image file, 0 to disable"},
 	},
 }
 
@@ -75,10 +79,19 @@ func sectorSize(n int64) int64 {
 // maxSize keeps the size rounded up to whole sectors within an int64.
 const maxSize = 1<<63 - 512
 
+// defaultExtentSizeHint is what qemu-img asks XFS for when no
+// extent_size_hint is given.
+const defaultExtentSizeHint = 1 << 20
+
 // createParams are the create options, checked.
 type createParams struct {
 	size     int64 // rounded up to whole sectors
 	prealloc string
+	nocow    bool
+	hint     uint32
+	// hintGiven: a failure to set a hint that was asked for is worth a
+	// warning; the default hint fails quietly, as in qemu-img.
+	hintGiven bool
 }
 
 func parseCreate(opts block.Options) (createParams, error) {
@@ -100,6 +113,12 @@ func parseCreate(opts block.Options) (createParams, error) {
 	default:
 		return createParams{}, fmt.Errorf("raw: invalid preallocation mode '%s' (allowed: off, falloc, full)", p.prealloc)
 	}
+	hint := opts.Size("extent_size_hint", defaultExtentSizeHint)
+	if hint > 1<<32-1 {
+		return createParams{}, errors.New("raw: extent size hint is too large (at most 4294967295 bytes)")
+	}
+	p.hint, p.hintGiven = uint32(hint), opts.Has("extent_size_hint") && hint != 0
+	p.nocow = opts.Bool("nocow", false)
 	return p, nil
 }
 
@@ -114,6 +133,16 @@ func create(f block.File, opts block.Options) error {
 		return err
 	}
 	size := p.size
+	// Hints for the empty file, which is all that btrfs takes NOCOW on;
+	// both are optimisations, so a file system without them is no error.
+	if h, ok := f.(block.CreateHinter); ok {
+		if p.nocow {
+			h.SetNoCOW()
+		}
+		if err := h.SetExtentSizeHint(p.hint); err != nil && p.hintGiven {
+			fmt.Fprintf(os.Stderr, "vdisk: warning: %s: failed to set extent size hint: %v\n", f.Name(), err)
+		}
+	}
 	if err := f.Truncate(size); err != nil {
 		return fmt.Errorf("raw: truncate: %w", err)
 	}

@@ -3,6 +3,7 @@ package raw_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -384,5 +385,53 @@ func TestProbeGuardConcurrentHalves(t *testing.T) {
 	}
 	if string(head) == "QFI\xfb" {
 		t.Fatal("two concurrent halves of a magic both passed the probe guard")
+	}
+}
+
+// hintFile records the create hints a container is given, and fails them
+// as a file system without them does.
+type hintFile struct {
+	block.File
+	calls []string
+}
+
+func (h *hintFile) SetNoCOW() error {
+	h.calls = append(h.calls, "nocow")
+	return block.ErrNotSupported
+}
+
+func (h *hintFile) SetExtentSizeHint(n uint32) error {
+	h.calls = append(h.calls, fmt.Sprintf("extent %d", n))
+	return block.ErrNotSupported
+}
+
+// nocow and extent_size_hint reach the container as qemu-img passes them
+// (a 1 MiB hint by default); a container without them fails no create.
+func TestCreateHints(t *testing.T) {
+	for _, tc := range []struct {
+		opts block.Options
+		want string
+	}{
+		{block.Options{}, "extent 1048576"},
+		{block.Options{"nocow": true}, "nocow,extent 1048576"},
+		{block.Options{"nocow": false, "extent_size_hint": int64(0)}, "extent 0"},
+		{block.Options{"extent_size_hint": int64(4096)}, "extent 4096"},
+	} {
+		f, err := block.OpenFile(t.TempDir()+"/h.img", block.OpenFlags{Create: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := &hintFile{File: f}
+		tc.opts["size"] = int64(1 << 20)
+		if err := raw.Format.Create(h, tc.opts); err != nil {
+			t.Errorf("%v: %v", tc.opts, err)
+		}
+		if got := strings.Join(h.calls, ","); got != tc.want {
+			t.Errorf("%v: hints %q, want %q", tc.opts, got, tc.want)
+		}
+		f.Close()
+	}
+	if _, err := raw.Format.CheckCreate("x.img", block.Options{"size": int64(1), "extent_size_hint": int64(1 << 32)}); err == nil || !strings.Contains(err.Error(), "too large") {
+		t.Errorf("hint of 4 GiB: %v", err)
 	}
 }
