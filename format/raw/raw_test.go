@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"vdisk/block"
 	"vdisk/format/raw"
 	_ "vdisk/protocol/file"
@@ -434,4 +436,232 @@ func TestCreateHints(t *testing.T) {
 	if _, err := raw.Format.CheckCreate("x.img", block.Options{"size": int64(1), "extent_size_hint": int64(1 << 32)}); err == nil || !strings.Contains(err.Error(), "too large") {
 		t.Errorf("hint of 4 GiB: %v", err)
 	}
+}
+
+// A stand-in for a format whose magic has a zero byte, so that zeroing
+// can complete it (as with a VHD disk type of 0x0102 zeroed to 2).
+func init() {
+	block.Register(&block.Format{
+		Name: "fakezero",
+		Probe: func(head, tail []byte, name string) int {
+			if bytes.HasPrefix(head, []byte("ZZ\x00Z")) {
+				return 100
+			}
+			return 0
+		},
+	})
+}
+
+// Zero writes, by every path, are guarded like data writes; a discard
+// that would complete a header is skipped (discarding is advisory).
+func TestProbedRawGuardsZeroes(t *testing.T) {
+	name := create(t, 1<<20, "")
+	img := open(t, name, block.OpenOptions{})
+	if _, err := img.WriteAt([]byte("ZZ\x01Z"), 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, flags := range []block.ZeroFlags{0, block.ZeroMayUnmap, block.ZeroFast, block.ZeroFast | block.ZeroMayUnmap} {
+		if err := img.WriteZeroes(2, 1, flags); err == nil || !strings.Contains(err.Error(), "fakezero") {
+			t.Errorf("zeroing with flags %d completed a magic: %v", flags, err)
+		}
+	}
+	if err := img.Discard(2, 1); err != nil {
+		t.Errorf("discard: %v", err)
+	}
+	b := make([]byte, 4)
+	img.ReadAt(b, 0)
+	if string(b) != "ZZ\x01Z" {
+		t.Errorf("head after refused zeroing and discard: %q", b)
+	}
+	// Zeroing the whole magic is harmless.
+	if err := img.WriteZeroes(0, 4096, 0); err != nil {
+		t.Errorf("zeroing the first block: %v", err)
+	}
+}
+
+// The container's last sector is what probing sees: with a partial last
+// sector, zeroing its rest extends the file, so bytes written harmlessly
+// before become its end.
+func TestProbedRawGuardsFileExtension(t *testing.T) {
+	const size = 1 << 20
+	name := t.TempDir() + "/u.img"
+	if err := os.WriteFile(name, make([]byte, size-100), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img := open(t, name, block.OpenOptions{})
+	if img.Size() != size {
+		t.Fatalf("size %d", img.Size())
+	}
+	// Harmless now: the file's last 512 bytes start 100 bytes earlier.
+	if _, err := img.WriteAt([]byte("conectix"), size-512); err != nil {
+		t.Fatal(err)
+	}
+	for _, flags := range []block.ZeroFlags{0, block.ZeroMayUnmap} {
+		if err := img.WriteZeroes(size-100, 100, flags); err == nil || !strings.Contains(err.Error(), "fakefooter") {
+			t.Errorf("zeroing (flags %d) up to the disk's end made the footer the file's end: %v", flags, err)
+		}
+	}
+	if _, err := img.WriteAt(make([]byte, 100), size-100); err == nil {
+		t.Error("writing up to the disk's end made the footer the file's end")
+	}
+	if st, _ := os.Stat(name); st.Size() != size-100 {
+		t.Errorf("file size %d", st.Size())
+	}
+}
+
+// Shrinking a probed raw image must not make a footer inside the disk its
+// last sector; -f raw may.
+func TestProbedRawGuardsResize(t *testing.T) {
+	name := create(t, 2<<20, "")
+	explicit := open(t, name, block.OpenOptions{Format: "raw"})
+	if _, err := explicit.WriteAt([]byte("conectix"), 1<<20-512); err != nil {
+		t.Fatal(err)
+	}
+	explicit.Close()
+	probed := open(t, name, block.OpenOptions{})
+	err := probed.(block.Resizer).Resize(1<<20, true)
+	if err == nil || !strings.Contains(err.Error(), "fakefooter") || !strings.Contains(err.Error(), "-f raw") {
+		t.Errorf("shrink that exposes a footer: %v", err)
+	}
+	if st, _ := os.Stat(name); st.Size() != 2<<20 || probed.Size() != 2<<20 {
+		t.Errorf("refused shrink changed the size: file %d, image %d", st.Size(), probed.Size())
+	}
+	if err := probed.(block.Resizer).Resize(1<<20+4096, true); err != nil {
+		t.Errorf("harmless shrink: %v", err)
+	}
+	probed.Close()
+	explicit = open(t, name, block.OpenOptions{Format: "raw"})
+	if err := explicit.(block.Resizer).Resize(1<<20, true); err != nil {
+		t.Errorf("-f raw shrink: %v", err)
+	}
+}
+
+// zeroFile records how a container is asked to zero, and can lack
+// ZERO_RANGE as tmpfs does.
+type zeroFile struct {
+	block.File
+	noZeroRange bool
+	calls       []string
+}
+
+func (z *zeroFile) WriteAt(p []byte, off int64) (int, error) {
+	z.calls = append(z.calls, "write")
+	return z.File.WriteAt(p, off)
+}
+
+func (z *zeroFile) PunchHole(off, n int64) error {
+	z.calls = append(z.calls, "punch")
+	return z.File.(block.HolePuncher).PunchHole(off, n)
+}
+
+func (z *zeroFile) ZeroRange(off, n int64) error {
+	z.calls = append(z.calls, "zerorange")
+	if z.noZeroRange {
+		return block.ErrNotSupported
+	}
+	return z.File.(block.ZeroRanger).ZeroRange(off, n)
+}
+
+// WriteZeroes frees space only when allowed to, zeroes a range without
+// writing zeros when it can, and with ZeroFast fails rather than write.
+func TestWriteZeroesPaths(t *testing.T) {
+	for _, tc := range []struct {
+		flags       block.ZeroFlags
+		noZeroRange bool
+		want        string
+		err         error
+	}{
+		{0, false, "zerorange", nil},
+		{block.ZeroMayUnmap, false, "punch", nil},
+		{block.ZeroFast, false, "zerorange", nil},
+		{0, true, "zerorange,write", nil},
+		{block.ZeroFast, true, "zerorange", block.ErrNotSupported},
+	} {
+		f, err := block.OpenFile(create(t, 1<<20, ""), block.OpenFlags{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		z := &zeroFile{File: f, noZeroRange: tc.noZeroRange}
+		img, err := raw.Open(z, &block.OpenOptions{Format: "raw"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = img.WriteZeroes(64<<10, 64<<10, tc.flags)
+		if !errors.Is(err, tc.err) || (tc.err == nil && err != nil) {
+			t.Errorf("flags %d, no ZERO_RANGE %v: error %v, want %v", tc.flags, tc.noZeroRange, err, tc.err)
+		}
+		if got := strings.Join(z.calls, ","); got != tc.want {
+			t.Errorf("flags %d, no ZERO_RANGE %v: calls %s, want %s", tc.flags, tc.noZeroRange, got, tc.want)
+		}
+		img.Close()
+	}
+}
+
+// On a real file, zeroing without unmap keeps the blocks allocated but
+// does not write them as data: they become unwritten extents, which
+// SEEK_DATA skips. Where the file system lacks ZERO_RANGE, ZeroFast
+// fails instead and a plain zeroing writes data.
+func TestWriteZeroesKeepsAllocation(t *testing.T) {
+	const size = 1 << 20
+	name := create(t, size, "")
+	img := open(t, name, block.OpenOptions{Format: "raw"})
+	if _, err := img.WriteAt(bytes.Repeat([]byte{0xaa}, size), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	before := blocks(t, name)
+	fastErr := img.WriteZeroes(0, size, block.ZeroFast)
+	if fastErr == nil {
+		// Before anything reads the range: reading unwritten extents
+		// fills the page cache, which SEEK_DATA counts as data.
+		f, err := os.Open(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if off, err := unix.Seek(int(f.Fd()), 0, unix.SEEK_DATA); err == nil {
+			t.Errorf("the zeroed range was written as data: SEEK_DATA from 0 found data at %d", off)
+		}
+		f.Close()
+	}
+	b := make([]byte, size)
+	if _, err := img.ReadAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+	if fastErr != nil {
+		if !errors.Is(fastErr, block.ErrNotSupported) || !bytes.Equal(b, bytes.Repeat([]byte{0xaa}, size)) {
+			t.Fatalf("ZeroFast without ZERO_RANGE: %v, data changed: %v", fastErr, b[0] != 0xaa)
+		}
+		if err := img.WriteZeroes(0, size, 0); err != nil {
+			t.Fatal(err)
+		}
+		img.ReadAt(b, 0)
+		if !bytes.Equal(b, make([]byte, size)) {
+			t.Error("zeroing by writing left data")
+		}
+		return
+	}
+	if !bytes.Equal(b, make([]byte, size)) {
+		t.Fatal("zeroed range does not read as zeros")
+	}
+	if after := blocks(t, name); after < before {
+		t.Errorf("zeroing without unmap freed space: %d blocks before, %d after", before, after)
+	}
+	// With unmap the space is freed.
+	if err := img.WriteZeroes(0, size, block.ZeroMayUnmap); err != nil {
+		t.Fatal(err)
+	}
+	if after := blocks(t, name); after >= before {
+		t.Errorf("zeroing with unmap kept the space: %d blocks before, %d after", before, after)
+	}
+}
+
+func blocks(t *testing.T, name string) int64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(name, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks
 }
