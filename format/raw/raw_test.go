@@ -17,17 +17,29 @@ import (
 	_ "vdisk/protocol/file"
 )
 
-// A stand-in for qcow2, so the probe guard can be tested without it.
+// Stand-ins for formats, so the probe guard can be tested without them:
+// fakeqcow has qcow2's magic; fakefooter probes by its last sector, as
+// fixed VHD does; fakezero has a magic with a zero byte, which zeroing
+// can complete (as with a VHD disk type of 0x0102 zeroed to 2).
 func init() {
-	block.Register(&block.Format{
-		Name: "fakeqcow",
-		Probe: func(head, tail []byte, name string) int {
-			if bytes.HasPrefix(head, []byte("QFI\xfb")) {
-				return 100
-			}
-			return 0
-		},
-	})
+	fake := func(name string, inTail bool, magic string) {
+		block.Register(&block.Format{
+			Name: name,
+			Probe: func(head, tail []byte, _ string) int {
+				b := head
+				if inTail {
+					b = tail
+				}
+				if bytes.HasPrefix(b, []byte(magic)) {
+					return 100
+				}
+				return 0
+			},
+		})
+	}
+	fake("fakeqcow", false, "QFI\xfb")
+	fake("fakefooter", true, "conectix")
+	fake("fakezero", false, "ZZ\x00Z")
 }
 
 func create(t *testing.T, size int64, prealloc string) string {
@@ -41,19 +53,6 @@ func create(t *testing.T, size int64, prealloc string) string {
 		t.Fatal(err)
 	}
 	return name
-}
-
-// A stand-in for a format that probes by its footer, as fixed VHD does.
-func init() {
-	block.Register(&block.Format{
-		Name: "fakefooter",
-		Probe: func(head, tail []byte, name string) int {
-			if bytes.HasPrefix(tail, []byte("conectix")) {
-				return 100
-			}
-			return 0
-		},
-	})
 }
 
 func TestProbedRawRefusesFormatFooter(t *testing.T) {
@@ -436,20 +435,6 @@ func TestCreateHints(t *testing.T) {
 	if _, err := raw.Format.CheckCreate("x.img", block.Options{"size": int64(1), "extent_size_hint": int64(1 << 32)}); err == nil || !strings.Contains(err.Error(), "too large") {
 		t.Errorf("hint of 4 GiB: %v", err)
 	}
-}
-
-// A stand-in for a format whose magic has a zero byte, so that zeroing
-// can complete it (as with a VHD disk type of 0x0102 zeroed to 2).
-func init() {
-	block.Register(&block.Format{
-		Name: "fakezero",
-		Probe: func(head, tail []byte, name string) int {
-			if bytes.HasPrefix(head, []byte("ZZ\x00Z")) {
-				return 100
-			}
-			return 0
-		},
-	})
 }
 
 // Zero writes, by every path, are guarded like data writes; a discard
