@@ -217,9 +217,9 @@ func mayAccess(st *unix.Stat_t, peer *unix.Ucred, readOnly bool) bool {
 // passthroughFile returns a descriptor of a raw image's file for FUSE
 // passthrough, or nil. It is a fresh open of the same file, so it carries
 // none of the image locks: those go with the image when it closes. Only a
-// raw image whose format was named qualifies: a probed raw image must
-// refuse writes that would make it look like another format, which only
-// the userspace path checks.
+// raw image whose format was named, and whose file is as long as the
+// disk, qualifies: a probed raw image must refuse writes that would make
+// it look like another format, which only the userspace path checks.
 func passthroughFile(img block.Image, a *ctl.AttachArgs) *os.File {
 	if a.NoPassthrough || a.Format != "raw" || a.CacheSize > 0 {
 		return nil
@@ -241,7 +241,9 @@ func passthroughFile(img block.Image, a *ctl.AttachArgs) *os.File {
 	if err != nil {
 		return nil
 	}
-	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+	// A file with a partial last sector is a larger disk (the rest reads
+	// as zeros), which the kernel reading the file itself would not see.
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() || st.Size() != img.Size() {
 		f.Close()
 		return nil
 	}

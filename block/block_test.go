@@ -427,3 +427,50 @@ func TestFailedCreateLeavesNoFile(t *testing.T) {
 		t.Errorf("create of a format without Create: %v", err)
 	}
 }
+
+// A format whose Create fails after writing, and whose CheckCreate
+// refuses a size of 13, to see what block.Create leaves behind.
+func init() {
+	block.Register(&block.Format{
+		Name: "createtest",
+		CheckCreate: func(name string, opts block.Options) (int64, error) {
+			if opts.Size("size", 0) == 13 {
+				return 0, errors.New("createtest: size 13 refused")
+			}
+			return opts.Size("size", 0), nil
+		},
+		Create: func(f block.File, opts block.Options) error {
+			f.WriteAt([]byte("partial"), 0)
+			return errors.New("createtest: failed half way")
+		},
+	})
+}
+
+func TestFailedCreateKeepsExistingFile(t *testing.T) {
+	dir := t.TempDir()
+	name := dir + "/old.img"
+	old := []byte("old content that must survive")
+	if err := os.WriteFile(name, old, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Refused by CheckCreate: the file is not even opened for writing.
+	err := block.Create(name, "createtest", block.Options{"size": int64(13)})
+	if err == nil || !strings.Contains(err.Error(), "size 13 refused") || !strings.Contains(err.Error(), name) {
+		t.Errorf("CheckCreate refusal: %v", err)
+	}
+	// Refused by the raw driver's checks.
+	if err := block.Create(name, "raw", block.Options{"size": int64(4096), "preallocation": "bogus"}); err == nil {
+		t.Error("bad preallocation accepted")
+	}
+	if got, _ := os.ReadFile(name); !bytes.Equal(got, old) {
+		t.Errorf("a refused create changed the existing file to %q", got)
+	}
+	// A create that fails in the driver replaces the old content (as
+	// qemu-img does) but a new file it made is removed.
+	if err := block.Create(dir+"/new.img", "createtest", block.Options{"size": int64(4096)}); err == nil || !strings.Contains(err.Error(), "half way") {
+		t.Errorf("failing Create: %v", err)
+	}
+	if _, err := os.Stat(dir + "/new.img"); !os.IsNotExist(err) {
+		t.Errorf("failed create left new.img behind (%v)", err)
+	}
+}

@@ -43,6 +43,9 @@ type Allocator interface {
 
 // DataMapper reports which parts of a range hold data and which are holes.
 // Extents carry StatusData or StatusZero, and HostOffset equal to Offset.
+// A range past the end of the container reads as zeros (ReadAt is short
+// there) and is reported as StatusZero, with HostOffset -1 where the
+// container could not hold data there.
 type DataMapper interface {
 	MapData(off, n int64) ([]Extent, error)
 }
@@ -56,4 +59,15 @@ type Stater interface {
 // (qemu-img's actual-size).
 type AllocatedSizer interface {
 	AllocatedSize() (int64, error)
+}
+
+// CreateHinter takes the hints qemu-img's file protocol gives a new image
+// (its nocow and extent_size_hint options). File systems that do not know
+// them fail with an error wrapping ErrNotSupported.
+type CreateHinter interface {
+	// SetNoCOW turns off copy-on-write (btrfs), for an empty container.
+	SetNoCOW() error
+	// SetExtentSizeHint asks for allocations in extents of n bytes (XFS);
+	// 0 clears the hint.
+	SetExtentSizeHint(n uint32) error
 }

@@ -65,6 +65,25 @@ type OpenFlags struct {
 	ForceShare bool
 	// Create makes a new, empty container, replacing an existing one.
 	Create bool
+	// LockLater leaves QEMU's image locks to a call of Locker.Lock, for
+	// an opener that must read the container (probe its format) before it
+	// knows which locks to take. Ignored with Create.
+	LockLater bool
+	// CreateSize, with Create, is the length the format will give the
+	// container. A protocol that can tell it cannot hold that many bytes
+	// (a file system's maximum file size) fails before it empties an
+	// existing container.
+	CreateSize int64
+}
+
+// Locker is implemented by containers that take QEMU's image locks (the
+// local file protocol). One opened with OpenFlags.LockLater takes them
+// when Lock is called.
+type Locker interface {
+	// Lock takes the locks for the flags the container was opened with.
+	// shareWrite lets others write and resize the container while a
+	// read-only open lasts, as QEMU's raw format does.
+	Lock(shareWrite bool) error
 }
 
 // Protocol opens containers by name: a local file, an NBD URI.
@@ -74,6 +93,9 @@ type Protocol struct {
 	// a prefix). The file protocol matches what no other does.
 	Match func(name string) bool
 	Open  func(name string, flags OpenFlags) (File, error)
+	// Volatile: every open gets a new, empty container (a RAM disk), so
+	// nothing written through one open is there for the next.
+	Volatile bool
 }
 
 var protocols struct {
@@ -111,6 +133,18 @@ func OpenFile(name string, flags OpenFlags) (File, error) {
 	return p.Open(name, flags)
 }
 
+// IsVolatile reports whether name belongs to a Volatile protocol.
+func IsVolatile(name string) bool {
+	protocols.RLock()
+	defer protocols.RUnlock()
+	for _, q := range protocols.list {
+		if q.Match(name) {
+			return q.Volatile
+		}
+	}
+	return false
+}
+
 // IsLocalName reports whether name refers to a local file rather than a
 // container of another protocol (nbd://…, mem:…).
 func IsLocalName(name string) bool {
@@ -139,7 +173,7 @@ func Open(name string, opts OpenOptions) (Image, error) {
 		}
 		format = f
 	}
-	f, err := OpenFile(name, OpenFlags{ReadOnly: opts.ReadOnly, ForceShare: opts.ForceShare})
+	f, err := OpenFile(name, OpenFlags{ReadOnly: opts.ReadOnly, ForceShare: opts.ForceShare, LockLater: true})
 	if err != nil {
 		return nil, err
 	}
@@ -156,6 +190,14 @@ func Open(name string, opts OpenOptions) (Image, error) {
 		}
 		opts.Probed = true
 		opts.Format = format.Name
+	}
+	if l, ok := f.(Locker); ok {
+		// A backing file is never shared for writing: its readers (the
+		// overlays) cannot tell that it changed under them.
+		if err := l.Lock(opts.ReadOnly && format.ReadersShareWrite && opts.Depth == 0); err != nil {
+			f.Close()
+			return nil, err
+		}
 	}
 	opts.Chain = append(opts.Chain[:len(opts.Chain):len(opts.Chain)], identity(name, f))
 	if format.Open == nil {
@@ -206,8 +248,9 @@ func ReadProbe(f File) (head, tail []byte, err error) {
 }
 
 // Create makes a new image of the given format. opts are already parsed
-// against the format's CreateOptions. A create that fails removes the file
-// it made, so no partial image is left behind.
+// against the format's CreateOptions. A request the format's CheckCreate
+// refuses changes nothing; a create that fails later removes the file it
+// made, so no partial image is left behind.
 func Create(name, format string, opts Options) error {
 	fmtDrv, err := Lookup(format)
 	if err != nil {
@@ -216,14 +259,26 @@ func Create(name, format string, opts Options) error {
 	if fmtDrv.Create == nil {
 		return fmt.Errorf("%s: format '%s' does not support image creation", name, fmtDrv.Name)
 	}
+	var hostSize int64
+	if fmtDrv.CheckCreate != nil {
+		if hostSize, err = fmtDrv.CheckCreate(name, opts); err != nil {
+			return prefixName(name, err)
+		}
+	}
 	local := IsLocalName(name)
 	existed := false
 	if local {
 		_, statErr := os.Stat(name)
 		existed = statErr == nil
 	}
-	f, err := OpenFile(name, OpenFlags{Create: true})
+	removeNew := func() {
+		if local && !existed {
+			os.Remove(name)
+		}
+	}
+	f, err := OpenFile(name, OpenFlags{Create: true, CreateSize: hostSize})
 	if err != nil {
+		removeNew()
 		return err
 	}
 	cerr := fmtDrv.Create(f, opts)
@@ -235,9 +290,7 @@ func Create(name, format string, opts Options) error {
 		cerr = closeErr
 	}
 	if cerr != nil {
-		if local && !existed {
-			os.Remove(name)
-		}
+		removeNew()
 		return prefixName(name, cerr)
 	}
 	return nil

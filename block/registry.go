@@ -34,6 +34,20 @@ type Format struct {
 	// and writable. Nil means the format cannot be created.
 	Create func(f File, opts Options) error
 
+	// CheckCreate, when set, refuses what Create would refuse, without a
+	// container: block.Create runs it before it opens (and empties) the
+	// file, so a bad request leaves an existing file as it was. name is
+	// the image to create, for resolving a relative backing file. It
+	// returns the length the container will have, or 0 when that is small
+	// or unknown, so that the protocol can make sure it can hold it.
+	CheckCreate func(name string, opts Options) (int64, error)
+
+	// ReadersShareWrite: a read-only open lets others write and resize
+	// the container, as QEMU's raw format does. A format without metadata
+	// cannot be left inconsistent by a writer, only show changing data;
+	// formats with metadata refuse writers while they read.
+	ReadersShareWrite bool
+
 	// CreateOptions lists what Create understands, with defaults and help,
 	// using qemu-img's option names.
 	CreateOptions []OptionSpec

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -178,9 +177,13 @@ func (c *copier) produce(jobs chan<- copyJob) error {
 	const window = 1 << 30 // block status asked a bounded range at a time
 	seq := int64(0)
 	for off := int64(0); off < c.size; {
-		exts, err := block.MapChain(c.src, off, min(window, c.size-off))
+		var exts []block.Extent
+		err := safely(func() (err error) {
+			exts, err = block.MapChain(c.src, off, min(window, c.size-off))
+			return err
+		})
 		if err != nil {
-			return fmt.Errorf("reading block status at offset %d: %w", off, err)
+			return &copyError{read: true, what: "reading block status", off: off, err: err}
 		}
 		for _, e := range exts {
 			zero := e.Status&block.StatusZero != 0
@@ -202,6 +205,33 @@ func (c *copier) produce(jobs chan<- copyJob) error {
 		off += sumLen(exts)
 	}
 	return nil
+}
+
+// copyError is a failure of one side of a copy, so that Convert can name
+// the image it happened in.
+type copyError struct {
+	read bool // in the source, else in the target
+	what string
+	off  int64
+	err  error
+}
+
+func (e *copyError) Error() string {
+	return fmt.Sprintf("%s at byte %d: %v", e.what, e.off, e.err)
+}
+
+func (e *copyError) Unwrap() error { return e.err }
+
+// safely runs f and turns a panic in it (a driver bug) into an error: the
+// copy workers are goroutines of their own, where a panic would end the
+// program with a stack trace instead of an error naming the image.
+func safely(f func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("internal error: %v", r)
+		}
+	}()
+	return f()
 }
 
 func sumLen(exts []block.Extent) int64 {
@@ -227,8 +257,8 @@ func (c *copier) do(j copyJob, buf []byte) error {
 		b = nil
 	} else if j.zero {
 		clear(b)
-	} else if _, err := c.src.ReadAt(b, j.off); err != nil {
-		return fmt.Errorf("error while reading at byte %d: %w", j.off, err)
+	} else if err := safely(func() error { _, err := c.src.ReadAt(b, j.off); return err }); err != nil {
+		return &copyError{read: true, what: "error while reading", off: j.off, err: err}
 	}
 	if !c.o.OutOfOrder {
 		c.mu.Lock()
@@ -247,14 +277,14 @@ func (c *copier) do(j copyJob, buf []byte) error {
 			c.mu.Unlock()
 		}()
 	}
-	var err error
-	if b == nil {
-		err = c.writeZero(j.off, j.n)
-	} else {
-		err = c.write(b, j.off)
-	}
+	err := safely(func() error {
+		if b == nil {
+			return c.writeZero(j.off, j.n)
+		}
+		return c.write(b, j.off)
+	})
 	if err != nil {
-		return fmt.Errorf("error while writing at byte %d: %w", j.off, err)
+		return &copyError{what: "error while writing", off: j.off, err: err}
 	}
 	c.progress(j.n)
 	return nil
@@ -350,6 +380,11 @@ type ConvertOptions struct {
 // target gets the source's virtual size; a target that fails half way is
 // removed if this call created it.
 func Convert(src, dst string, o ConvertOptions) (err error) {
+	if block.IsVolatile(dst) && o.DstFormat != "" && o.DstFormat != "raw" && o.DstFormat != "mem" {
+		// The image created on a RAM disk would be gone by the time it is
+		// opened for the copy; only raw needs nothing from the create.
+		return fmt.Errorf("%s: a RAM disk target is new and empty on every open, so it takes only raw data, not a %s image (use -O raw)", dst, o.DstFormat)
+	}
 	in, err := block.Open(src, block.OpenOptions{Format: o.SrcFormat, ReadOnly: true, ForceShare: o.ForceShare, CacheSize: o.CacheSize})
 	if err != nil {
 		return err
@@ -383,7 +418,7 @@ func Convert(src, dst string, o ConvertOptions) (err error) {
 	// A new local file (or RAM disk) reads as zeros; a container behind
 	// another protocol (an NBD export) may hold old data, so zeros are
 	// written there explicitly.
-	cp.TargetZeroed = !o.NoCreate && (block.IsLocalName(dst) || strings.HasPrefix(dst, "mem:"))
+	cp.TargetZeroed = !o.NoCreate && (block.IsLocalName(dst) || block.IsVolatile(dst))
 	if !o.Unsafe && block.IsLocalName(dst) {
 		if wb := newWriteback(dst); wb != nil {
 			defer wb.close()
@@ -401,9 +436,13 @@ func Convert(src, dst string, o ConvertOptions) (err error) {
 	}
 	cerr := Copy(in, out, cp)
 	if cerr != nil {
-		cerr = fmt.Errorf("%s: %w", dst, cerr)
+		failed := dst
+		if ce := (*copyError)(nil); errors.As(cerr, &ce) && ce.read {
+			failed = src
+		}
+		cerr = fmt.Errorf("%s: %w", failed, cerr)
 	}
-	if err := out.Close(); err != nil && cerr == nil {
+	if err := safely(out.Close); err != nil && cerr == nil {
 		cerr = fmt.Errorf("%s: %w", dst, err)
 	}
 	if cerr != nil && created {

@@ -2,6 +2,7 @@ package imgtool
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -119,6 +120,22 @@ func TestMapRendering(t *testing.T) {
 	}
 	if got := MapJSON(nil); got != "[]\n" {
 		t.Errorf("empty map %q", got)
+	}
+}
+
+// An empty range maps to one entry of length 0 at the start asked for,
+// as qemu-img map prints it.
+func TestMapEmptyRange(t *testing.T) {
+	img := mem.New(1 << 20)
+	for _, r := range [][2]int64{{1 << 20, 1 << 30}, {2 << 20, 4096}, {0, 0}, {4096, 0}} {
+		exts, err := Map(img, r[0], r[1])
+		if err != nil || len(exts) != 1 || exts[0].Offset != r[0] || exts[0].Length != 0 || exts[0].Status != 0 {
+			t.Errorf("Map(%d, %d) = %+v, %v", r[0], r[1], exts, err)
+		}
+		want := fmt.Sprintf(`[{ "start": %d, "length": 0, "depth": 0, "present": false, "zero": false, "data": false}]`+"\n", r[0])
+		if got := MapJSON(exts); got != want {
+			t.Errorf("MapJSON = %q, want %q", got, want)
+		}
 	}
 }
 

@@ -10,13 +10,16 @@ import (
 
 // Map resolves img's extents over [off, off+n) through its backing chain,
 // merged as qemu-img map merges them. The range is clamped to the image.
+// An empty range (at or past the end, or n of 0) gives one extent of
+// length 0 at off, which qemu-img map prints in JSON and omits from its
+// table.
 func Map(img block.Image, off, n int64) ([]block.Extent, error) {
 	size := img.Size()
 	if off < 0 {
 		return nil, fmt.Errorf("invalid start offset %d", off)
 	}
 	if off >= size || n <= 0 {
-		return nil, nil
+		return []block.Extent{{Offset: off, HostOffset: -1}}, nil
 	}
 	n = min(n, size-off)
 	return block.MapChain(img, off, n)

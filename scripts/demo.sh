@@ -3,6 +3,7 @@
 # and look at the result. Usage: scripts/demo.sh [path/to/vdisk]
 set -euo pipefail
 VDISK=$(realpath "${1:-./bin/vdisk}")
+scripts=$(cd "$(dirname "$0")" && pwd)
 dir=$(mktemp -d)
 export VDISK_STATE_DIR=$dir/state
 cleanup() {
@@ -55,8 +56,9 @@ if [ "$(id -u)" -eq 0 ] && [ -c /dev/fuse ] && command -v mkfs.ext4 >/dev/null; 
 	printf '\n$ mkfs.ext4 -q %s && mount %s mnt && cp -r scripts mnt/\n' "$dev" "$dev"
 	mkfs.ext4 -q "$dev"
 	mkdir mnt && mount "$dev" mnt
-	cp -r "$(dirname "$VDISK")/../scripts" mnt/ 2>/dev/null || echo "hello from vdisk" >mnt/hello.txt
+	cp -r "$scripts" mnt/
 	ls mnt
+	diff -r "$scripts" mnt/scripts && echo "(the copy reads back identical)"
 	step list
 	printf '\n$ vdisk detach %s   # refused while mounted\n' "$unit"
 	"$VDISK" detach "$unit" || true

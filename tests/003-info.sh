@@ -8,8 +8,12 @@ run $VDISK info --output json a.img
 run $VDISK info --output=json --backing-chain a.img
 run $VDISK info -f raw -U --backing-chain a.img
 $VDISK info --cache-size 1M a.img | head -1
+# A raw file counts in whole sectors, as in qemu-img: the rest of the last
+# sector reads as zeros.
 printf 'hello' > small
 run $VDISK info small
+run $VDISK map --output json small
+run $VDISK io -r -c 'read -v 0 16' -c 'read -P 0 5 507' small
 echo "== errors"
 run $VDISK info missing.img
 run $VDISK info --output xml a.img

@@ -9,6 +9,14 @@ run $VDISK map --output json a.img
 run $VDISK map --output json -s 1M -l 1M a.img
 run $VDISK map --output json --start-offset 5M a.img
 run $VDISK map -U -f raw --output=human a.img
+echo "== empty ranges: one entry of length 0, as qemu-img prints"
+: >empty.img
+for args in "-s 4M" "-s 5M -l 4k" "-l 0" "-s 1M -l 0"; do
+	run $VDISK map --output json $args a.img
+	run $VDISK map $args a.img
+done
+run $VDISK map --output json empty.img
+run $VDISK map empty.img
 echo "== mem"
 run $VDISK map --output json mem:1M
 echo "== errors"

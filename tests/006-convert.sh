@@ -29,6 +29,10 @@ run $VDISK convert -n src.img exist.img
 run $VDISK compare src.img exist.img
 echo "== to and from RAM"
 run $VDISK convert src.img mem:8M
+# A RAM disk is new on every open: the qcow2 made by the create would be
+# gone when the copy opens the target, so only raw targets are accepted.
+run $VDISK convert -O qcow2 src.img mem:8M
+run $VDISK convert -n -O vhd src.img mem:8M
 run $VDISK convert -f mem src.img m.img
 run $VDISK compare m.img src.img
 echo "== -o help"

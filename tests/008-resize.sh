@@ -12,9 +12,12 @@ run $VDISK resize a.img -512k
 run $VDISK resize --shrink a.img -1536k
 stat -c '%s' a.img
 run $VDISK io -c 'read -P 9 1020k 4k' a.img
-run $VDISK resize -f raw --shrink a.img 0
-stat -c '%s' a.img
 echo "== errors"
+# qemu-img refuses an empty image, however it is asked for.
+run $VDISK resize -f raw --shrink a.img 0
+run $VDISK resize -f raw --shrink a.img -- -1M
+run $VDISK resize -f raw --shrink a.img -2M
+stat -c '%s' a.img
 run $VDISK resize a.img -1M
 run $VDISK resize a.img 1Q
 run $VDISK resize missing.img 1M

@@ -33,12 +33,21 @@ echo "== map"
 agree "map json" map --output json sparse.img
 agree "map human" map sparse.img
 agree "map json -f raw" map -f raw --output=json sparse.img
+: >empty.img
+for args in "-s 32M" "-s 40M -l 4k" "-l 0" "-s 1M -l 0"; do
+	agree "map json $args" map -f raw --output json $args sparse.img
+	agree "map $args" map -f raw $args sparse.img
+done
+agree "map json of an empty file" map -f raw --output json empty.img
+agree "map of an empty file" map -f raw empty.img
 
 echo "== create"
 agree "create" create -f raw new.img 10M
 agree "create odd size" create -f raw odd.img 5000
 agree "create full" create -f raw -o preallocation=full full.img 1M
 agree "create falloc" create -f raw -o preallocation=falloc fa.img 1M
+agree "create hints" create -f raw -o nocow=on,preallocation=off,extent_size_hint=0 hints.img 1M
+echo "exit statuses for a hint over 4G: qemu-img $(status qemu-img create -o extent_size_hint=5G big.img 1M), vdisk $(status $VDISK create -o extent_size_hint=5G big.img 1M)"
 qemu-img create -f raw q-new.img 3M >/dev/null; $VDISK create -f raw v-new.img 3M >/dev/null
 same "map of created images" qemu-img map --output json q-new.img :: $VDISK map --output json q-new.img
 same "map of vdisk-created image" qemu-img map --output json q-new.img :: qemu-img map --output json v-new.img
@@ -97,3 +106,21 @@ q=$(grep -v ' ops; ' qio.out)
 v=$($VDISK io -f raw "${cmds[@]}" io2.img); vs=$?
 [ "$q" == "$v" ] && [ $qs == $vs ] && echo "io output agrees (exit $vs)" || { echo "io DISAGREES: $qs $vs"; diff <(echo "$q") <(echo "$v"); }
 cmp io1.img io2.img && echo "io results identical"
+
+echo "== raw files whose size is not a multiple of 512"
+printf 'hello' >u5.img
+head -c 10000 sparse.img | tr '\0' 'x' >u10k.img
+truncate -s 10000 h10k.img
+for f in u5.img u10k.img h10k.img; do
+	agree "info $f" info --output json $f
+	agree "map json $f" map --output json $f
+	agree "map $f" map $f
+	qemu-img convert -O raw $f q-$f; $VDISK convert -O raw $f v-$f
+	cmp q-$f v-$f && echo "$f: converted images identical ($(stat -c %s v-$f) bytes)"
+	agree "compare $f" compare $f v-$f
+done
+for c in "read -P 0 5 507" "write -P 0x41 500 12" "write -P 0x41 100 3" "write -z 200 100" "discard 0 512"; do
+	cp u5.img q.img; cp u5.img v.img
+	q=$(qemu-io -f raw -c "$c" q.img | grep -v ' ops; '); v=$($VDISK io -f raw -c "$c" v.img)
+	[ "$q" == "$v" ] && cmp q.img v.img && echo "$c: same output, same file ($(stat -c %s v.img) bytes)"
+done

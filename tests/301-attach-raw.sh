@@ -32,11 +32,11 @@ echo "== relative and absolute names as given"
 mkdir -p sub
 mv disk.img sub/
 (cd sub && attach -f raw ./disk.img >/dev/null)
-attach -r -f raw "$TEST_DIR/sub/disk.img" >/dev/null 2>&1 || echo "second writer refused (image lock)"
-$VDISK list --output json | jq -r '.[].file'
-$VDISK detach vd0
+attach -f raw "$TEST_DIR/sub/disk.img" >/dev/null 2>&1 || echo "second writer refused (image lock)"
+# A reader of a raw image lets others write it, as QEMU's raw format does.
 attach -r -f raw "$TEST_DIR/sub/disk.img"
 $VDISK list --output json | jq -r '.[].file'
+$VDISK detach vd1
 $VDISK detach vd0
 $VDISK list --counters=false | filter
 echo "== mem"

@@ -50,7 +50,8 @@ by that much. Shrinking loses the data beyond the new end and needs --shrink.`,
 			case -1:
 				size = img.Size() - n
 			}
-			if size < 0 {
+			if size <= 0 {
+				// qemu-img refuses an empty image too, however reached.
 				return fmt.Errorf("%s: new image size must be positive", name)
 			}
 			r, ok := img.(block.Resizer)

@@ -20,9 +20,10 @@ import (
 func init() {
 	block.Register(Format)
 	block.RegisterProtocol(&block.Protocol{
-		Name:  "mem",
-		Match: func(name string) bool { return strings.HasPrefix(name, "mem:") },
-		Open:  openProtocol,
+		Name:     "mem",
+		Match:    func(name string) bool { return strings.HasPrefix(name, "mem:") },
+		Open:     openProtocol,
+		Volatile: true,
 	})
 }
 

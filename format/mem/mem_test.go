@@ -3,6 +3,7 @@ package mem_test
 import (
 	"bytes"
 	"errors"
+	"io"
 	"math/rand"
 	"sync"
 	"testing"
@@ -163,6 +164,29 @@ func TestMemProtocolAndFormat(t *testing.T) {
 	}
 	if _, err := block.Open("mem:lots", block.OpenOptions{}); err == nil {
 		t.Error("mem:lots accepted")
+	}
+	if !block.IsVolatile("mem:1M") || block.IsVolatile("disk.img") {
+		t.Error("IsVolatile does not single out mem: names")
+	}
+}
+
+// The mem: container reads like a file: short at the end, an error (not
+// a panic) before the start.
+func TestMemContainerBounds(t *testing.T) {
+	f, err := block.OpenFile("mem:1K", block.OpenFlags{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	p := make([]byte, 16)
+	if n, err := f.ReadAt(p, -1); err == nil || n != 0 {
+		t.Errorf("read at -1: %d, %v", n, err)
+	}
+	if n, err := f.ReadAt(p, 1020); n != 4 || !errors.Is(err, io.EOF) {
+		t.Errorf("read across the end: %d, %v", n, err)
+	}
+	if _, err := f.WriteAt(p, -1); err == nil {
+		t.Error("write at -1 accepted")
 	}
 }
 

@@ -1,6 +1,7 @@
 package mem
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -27,6 +28,9 @@ func openProtocol(name string, flags block.OpenFlags) (block.File, error) {
 }
 
 func (f *memFile) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, errors.New("mem: negative offset")
+	}
 	if err := block.CheckRange(off, int64(len(p)), f.img.Size()); err != nil {
 		// A container read past its end is short, as with a file.
 		if off >= f.img.Size() {
@@ -43,7 +47,7 @@ func (f *memFile) ReadAt(p []byte, off int64) (int, error) {
 // WriteAt grows the container as a file grows.
 func (f *memFile) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 {
-		return 0, fmt.Errorf("mem: negative offset")
+		return 0, errors.New("mem: negative offset")
 	}
 	if end := off + int64(len(p)); end > f.img.Size() {
 		f.img.size.Store(end)

@@ -32,7 +32,25 @@ type nopClose struct{ block.File }
 
 func (nopClose) Close() error { return nil }
 
-func create(f block.File, opts block.Options) error {
+// createPlan is a create request that passed every check that needs no
+// container.
+type createPlan struct {
+	h        *header
+	cs       int64
+	prealloc string
+	size     int64
+}
+
+func checkCreate(name string, opts block.Options) (int64, error) {
+	_, err := planCreate(name, opts)
+	return 0, err
+}
+
+// planCreate checks the options as qemu-img does and builds the header.
+// name is the image to be made, against which a relative backing file
+// name resolves; the backing file is opened to check it and to learn its
+// size and format where they are not given.
+func planCreate(name string, opts block.Options) (*createPlan, error) {
 	h := &header{refcountOrder: 4, reftableClusters: 1}
 	switch c := opts.String("compat", "1.1"); c {
 	case "0.10", "v2":
@@ -42,14 +60,14 @@ func create(f block.File, opts block.Options) error {
 		h.version = 3
 		h.headerLength = 112
 	default:
-		return fmt.Errorf("qcow2: invalid compat level '%s' (allowed: 0.10, 1.1)", c)
+		return nil, fmt.Errorf("qcow2: invalid compat level '%s' (allowed: 0.10, 1.1)", c)
 	}
 	cs := opts.Size("cluster_size", 65536)
 	bits := uint32(0)
 	for bits = minClusterBits; bits <= maxClusterBits && int64(1)<<bits != cs; bits++ {
 	}
 	if bits > maxClusterBits {
-		return fmt.Errorf("qcow2: cluster size must be a power of two between 512 and 2M (got %d)", cs)
+		return nil, fmt.Errorf("qcow2: cluster size must be a power of two between 512 and 2M (got %d)", cs)
 	}
 	h.clusterBits = bits
 	rb := opts.Size("refcount_bits", 16)
@@ -57,24 +75,24 @@ func create(f block.File, opts block.Options) error {
 	for order = 0; order <= 6 && int64(1)<<order != rb; order++ {
 	}
 	if order > 6 {
-		return fmt.Errorf("qcow2: refcount width must be a power of two and may not exceed 64 bits (got %d)", rb)
+		return nil, fmt.Errorf("qcow2: refcount width must be a power of two and may not exceed 64 bits (got %d)", rb)
 	}
 	if h.version == 2 && order != 4 {
-		return errors.New("qcow2: different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)")
+		return nil, errors.New("qcow2: different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)")
 	}
 	h.refcountOrder = order
 	if opts.Bool("lazy_refcounts", false) {
 		if h.version == 2 {
-			return errors.New("qcow2: lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)")
+			return nil, errors.New("qcow2: lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)")
 		}
 		h.compatible |= compatLazyRefcounts
 	}
 	if opts.Bool("extended_l2", false) {
 		if h.version == 2 {
-			return errors.New("qcow2: extended L2 entries are only supported with compatibility level 1.1 and above (use compat=1.1 or greater)")
+			return nil, errors.New("qcow2: extended L2 entries are only supported with compatibility level 1.1 and above (use compat=1.1 or greater)")
 		}
 		if cs < 16384 {
-			return errors.New("qcow2: extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
+			return nil, errors.New("qcow2: extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
 		}
 		h.incompatible |= incExtL2
 	}
@@ -82,32 +100,32 @@ func create(f block.File, opts block.Options) error {
 	case "zlib":
 	case "zstd":
 		if h.version == 2 {
-			return errors.New("qcow2: compression_type requires compatibility level 1.1 or above (use compat=1.1 or greater)")
+			return nil, errors.New("qcow2: compression_type requires compatibility level 1.1 or above (use compat=1.1 or greater)")
 		}
 		h.compressionType = compressionZstd
 		h.incompatible |= incCompression
 	default:
-		return fmt.Errorf("qcow2: invalid compression type '%s' (allowed: zlib, zstd)", ct)
+		return nil, fmt.Errorf("qcow2: invalid compression type '%s' (allowed: zlib, zstd)", ct)
 	}
 	prealloc := opts.String("preallocation", "off")
 	switch prealloc {
 	case "off", "metadata", "falloc", "full":
 	default:
-		return fmt.Errorf("qcow2: invalid preallocation mode '%s' (allowed: off, metadata, falloc, full)", prealloc)
+		return nil, fmt.Errorf("qcow2: invalid preallocation mode '%s' (allowed: off, metadata, falloc, full)", prealloc)
 	}
 	size := opts.Size("size", -1)
 	h.backingFile = opts.String("backing_file", "")
 	h.backingFmt = opts.String("backing_fmt", "")
 	if h.backingFile != "" {
 		if prealloc != "off" {
-			return errors.New("qcow2: backing file and preallocation can only be used at the same time if extended_l2 is on")
+			return nil, errors.New("qcow2: backing file and preallocation can only be used at the same time if extended_l2 is on")
 		}
 		if len(h.backingFile) > maxBackingName {
-			return errors.New("qcow2: backing file name too long")
+			return nil, errors.New("qcow2: backing file name too long")
 		}
-		b, err := block.OpenBacking(f.Name(), h.backingFile, h.backingFmt, &block.OpenOptions{ForceShare: true})
+		b, err := block.OpenBacking(name, h.backingFile, h.backingFmt, &block.OpenOptions{ForceShare: true})
 		if err != nil {
-			return fmt.Errorf("qcow2: %w", err)
+			return nil, fmt.Errorf("qcow2: %w", err)
 		}
 		if h.backingFmt == "" {
 			if info, err := b.Info(); err == nil {
@@ -119,15 +137,48 @@ func create(f block.File, opts block.Options) error {
 		}
 		b.Close()
 	} else if h.backingFmt != "" {
-		return errors.New("qcow2: backing format cannot be used without backing file")
+		return nil, errors.New("qcow2: backing format cannot be used without backing file")
 	}
 	if size < 0 {
-		return errors.New("qcow2: image size must be specified")
+		return nil, errors.New("qcow2: image size must be specified")
 	}
 	if size%512 != 0 {
-		return errors.New("qcow2: image size must be a multiple of 512 bytes")
+		return nil, errors.New("qcow2: image size must be a multiple of 512 bytes")
 	}
-	prealloc, err := createDataFile(f, h, opts, size, prealloc)
+	if err := checkSize(size, cs, h.incompatible&incExtL2 != 0); err != nil {
+		return nil, err
+	}
+	if err := checkDataFile(h, opts); err != nil {
+		return nil, err
+	}
+	return &createPlan{h: h, cs: cs, prealloc: prealloc, size: size}, nil
+}
+
+// checkSize refuses a virtual size whose L1 table would exceed what the
+// driver (and QEMU) accept.
+func checkSize(size, cs int64, extL2 bool) error {
+	if size > 1<<62 {
+		return fmt.Errorf("qcow2: image size %d too large", size)
+	}
+	entrySize := int64(8)
+	if extL2 {
+		entrySize = 16
+	}
+	perL1 := cs * (cs / entrySize)
+	if (size+perL1-1)/perL1*8 > maxL1Bytes {
+		return fmt.Errorf("qcow2: image size %d too large for %d-byte clusters: the L1 table would exceed %d bytes (try a larger cluster size)", size, cs, maxL1Bytes)
+	}
+	return nil
+}
+
+func create(f block.File, opts block.Options) error {
+	plan, err := planCreate(f.Name(), opts)
+	if err != nil {
+		return err
+	}
+	h, cs, size := plan.h, plan.cs, plan.size
+	order := h.refcountOrder
+	prealloc, err := createDataFile(h, opts, size, plan.prealloc)
 	if err != nil {
 		return err
 	}

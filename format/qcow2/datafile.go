@@ -241,6 +241,29 @@ func (img *Image) dataFileInfo(d block.OrderedMap) block.OrderedMap {
 
 var errDataFileCompressed = errors.New("qcow2: compression is not supported with an external data file")
 
+// checkDataFile refuses data_file and data_file_raw options that
+// createDataFile cannot honour, before anything is created.
+func checkDataFile(h *header, opts block.Options) error {
+	name := opts.String("data_file", "")
+	raw := opts.Bool("data_file_raw", false)
+	if name == "" {
+		if raw {
+			return errors.New("qcow2: data-file-raw requires data-file")
+		}
+		return nil
+	}
+	if h.version < 3 {
+		return errors.New("qcow2: external data files are only supported with compatibility level 1.1 and above (use compat=1.1 or greater)")
+	}
+	if h.backingFile != "" && raw {
+		return errors.New("qcow2: backing file and data-file-raw cannot be used at the same time")
+	}
+	if len(name) > 1023 {
+		return errors.New("qcow2: data file name too long")
+	}
+	return nil
+}
+
 // createDataFile handles the data_file and data_file_raw create options as
 // qemu-img does: the data file is created (emptied if it exists) with the
 // virtual size and preallocated as asked, and the header gets the feature
@@ -248,28 +271,16 @@ var errDataFileCompressed = errors.New("qcow2: compression is not supported with
 // raw data file needs every cluster mapped, so it implies metadata
 // preallocation. It returns the preallocation mode left for the qcow2
 // metadata.
-func createDataFile(f block.File, h *header, opts block.Options, size int64, prealloc string) (string, error) {
+func createDataFile(h *header, opts block.Options, size int64, prealloc string) (string, error) {
 	name := opts.String("data_file", "")
 	raw := opts.Bool("data_file_raw", false)
 	if name == "" {
-		if raw {
-			return "", errors.New("qcow2: data-file-raw requires data-file")
-		}
 		return prealloc, nil
-	}
-	if h.version < 3 {
-		return "", errors.New("qcow2: external data files are only supported with compatibility level 1.1 and above (use compat=1.1 or greater)")
-	}
-	if h.backingFile != "" && raw {
-		return "", errors.New("qcow2: backing file and data-file-raw cannot be used at the same time")
-	}
-	if len(name) > 1023 {
-		return "", errors.New("qcow2: data file name too long")
 	}
 	// As qemu-img: a relative name is created relative to the working
 	// directory (and opening looks there too when it is not next to the
 	// image).
-	df, err := block.OpenFile(name, block.OpenFlags{Create: true})
+	df, err := block.OpenFile(name, block.OpenFlags{Create: true, CreateSize: size})
 	if err != nil {
 		return "", fmt.Errorf("qcow2: could not create data file '%s': %w", name, err)
 	}

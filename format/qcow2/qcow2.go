@@ -20,6 +20,7 @@ var Format = &block.Format{
 	Probe:         probe,
 	Open:          Open,
 	Create:        create,
+	CheckCreate:   checkCreate,
 	CreateOptions: createOptions,
 }
 

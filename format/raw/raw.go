@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"sync/atomic"
 
@@ -15,27 +16,38 @@ func init() { block.Register(Format) }
 
 // Format is the raw format driver.
 var Format = &block.Format{
-	Name:   "raw",
-	Probe:  func(head, tail []byte, name string) int { return 1 },
-	Open:   Open,
-	Create: create,
+	Name:        "raw",
+	Probe:       func(head, tail []byte, name string) int { return 1 },
+	Open:        Open,
+	Create:      create,
+	CheckCreate: checkCreate,
+	// Like QEMU's raw driver: a reader has no metadata a writer could
+	// make inconsistent, so it lets others write.
+	ReadersShareWrite: true,
+	// In qemu-img's order, which is that of its "Formatting" line.
 	CreateOptions: []block.OptionSpec{
 		{Name: "size", Type: block.OptSize, Help: "Virtual disk size"},
+		{Name: "nocow", Type: block.OptBool, Help: "Turn off copy-on-write (valid only on btrfs)"},
 		{Name: "preallocation", Type: block.OptString, Help: "Preallocation mode (allowed values: off, falloc, full)"},
+		{Name: "extent_size_hint", Type: block.OptSize, Help: "Extent size hint for the image file, 0 to disable"},
 	},
 }
 
 // Image is an open raw image.
 type Image struct {
-	f        block.File
-	size     atomic.Int64 // changes under Resize while I/O runs
+	f    block.File
+	size atomic.Int64 // changes under Resize while I/O runs
+	// hostMin is the container's length at open or at the last Resize. Only
+	// writes into the last sector grow the container since, so its last
+	// sector starts no earlier than hostMin-512.
+	hostMin  atomic.Int64
 	readOnly bool
 	// probed guards the head and tail: a raw image whose format was guessed
 	// must not let a guest turn it into something that probes as another
 	// format.
 	probed bool
-	// probeMu serialises writes that reach the probed bytes, check and
-	// write together: two writes each harmless alone (half a magic each)
+	// probeMu serialises changes that reach the probed bytes, check and
+	// change together: two writes each harmless alone (half a magic each)
 	// would otherwise both pass the check and together forge a header.
 	probeMu sync.Mutex
 	// unsafe skips syncing on Flush and Close (cache=unsafe).
@@ -53,25 +65,93 @@ func Open(f block.File, opts *block.OpenOptions) (block.Image, error) {
 		return nil, fmt.Errorf("raw: size: %w", err)
 	}
 	m := &Image{f: f, readOnly: opts.ReadOnly, probed: opts.Probed, unsafe: opts.Unsafe}
-	m.size.Store(size)
+	m.size.Store(sectorSize(size))
+	m.hostMin.Store(size)
 	return m, nil
 }
 
-func create(f block.File, opts block.Options) error {
+// sectorSize is the virtual size of a container of n bytes. QEMU counts
+// images in whole 512-byte sectors, so a file whose length is not a
+// multiple of 512 is a disk a little larger: the part past the end of the
+// file reads as zeros, and a write there extends the file.
+func sectorSize(n int64) int64 {
+	if n > maxSize {
+		return n &^ 511
+	}
+	return (n + 511) &^ 511
+}
+
+// maxSize keeps the size rounded up to whole sectors within an int64.
+const maxSize = 1<<63 - 512
+
+// defaultExtentSizeHint is what qemu-img asks XFS for when no
+// extent_size_hint is given.
+const defaultExtentSizeHint = 1 << 20
+
+// createParams are the create options, checked.
+type createParams struct {
+	size     int64 // rounded up to whole sectors
+	prealloc string
+	nocow    bool
+	hint     uint32
+	// hintGiven: a failure to set a hint that was asked for is worth a
+	// warning; the default hint fails quietly, as in qemu-img.
+	hintGiven bool
+}
+
+func parseCreate(opts block.Options) (createParams, error) {
 	size := opts.Size("size", -1)
 	if size < 0 {
-		return errors.New("raw: image size must be specified")
+		return createParams{}, errors.New("raw: image size must be specified")
 	}
-	// qemu-img rounds raw images up to whole sectors; so do we, so that
-	// both tools make the same file.
-	if size > 1<<63-1-511 {
-		return fmt.Errorf("raw: image size %d is too large", size)
+	if size > maxSize {
+		return createParams{}, fmt.Errorf("raw: image size %d is too large", size)
 	}
-	size = (size + 511) &^ 511
+	p := createParams{
+		// qemu-img rounds raw images up to whole sectors; so do we, so
+		// that both tools make the same file.
+		size:     (size + 511) &^ 511,
+		prealloc: opts.String("preallocation", "off"),
+	}
+	switch p.prealloc {
+	case "off", "falloc", "full":
+	default:
+		return createParams{}, fmt.Errorf("raw: invalid preallocation mode '%s' (allowed: off, falloc, full)", p.prealloc)
+	}
+	hint := opts.Size("extent_size_hint", defaultExtentSizeHint)
+	if hint > 1<<32-1 {
+		return createParams{}, errors.New("raw: extent size hint is too large (at most 4294967295 bytes)")
+	}
+	p.hint, p.hintGiven = uint32(hint), opts.Has("extent_size_hint") && hint != 0
+	p.nocow = opts.Bool("nocow", false)
+	return p, nil
+}
+
+func checkCreate(name string, opts block.Options) (int64, error) {
+	p, err := parseCreate(opts)
+	return p.size, err
+}
+
+func create(f block.File, opts block.Options) error {
+	p, err := parseCreate(opts)
+	if err != nil {
+		return err
+	}
+	size := p.size
+	// Hints for the empty file, which is all that btrfs takes NOCOW on;
+	// both are optimisations, so a file system without them is no error.
+	if h, ok := f.(block.CreateHinter); ok {
+		if p.nocow {
+			h.SetNoCOW()
+		}
+		if err := h.SetExtentSizeHint(p.hint); err != nil && p.hintGiven {
+			fmt.Fprintf(os.Stderr, "vdisk: warning: %s: failed to set extent size hint: %v\n", f.Name(), err)
+		}
+	}
 	if err := f.Truncate(size); err != nil {
 		return fmt.Errorf("raw: truncate: %w", err)
 	}
-	switch mode := opts.String("preallocation", "off"); mode {
+	switch p.prealloc {
 	case "off":
 		// Like QEMU's file-posix (allocate_first_block), write the first
 		// block so that probing the alignment of the new file works and
@@ -91,8 +171,6 @@ func create(f block.File, opts block.Options) error {
 		if err := block.WriteZeroBytes(f, 0, size); err != nil {
 			return fmt.Errorf("raw: preallocation=full: %w", err)
 		}
-	default:
-		return fmt.Errorf("raw: invalid preallocation mode '%s' (allowed: off, falloc, full)", mode)
 	}
 	return nil
 }
@@ -151,64 +229,67 @@ func (m *Image) WriteAt(p []byte, off int64) (int, error) {
 	if m.probed && m.touchesProbe(off, int64(len(p))) {
 		m.probeMu.Lock()
 		defer m.probeMu.Unlock()
-		if err := m.guardProbe(p, off); err != nil {
+		if err := m.guardProbe("this write", p, off, int64(len(p)), -1); err != nil {
 			return 0, err
 		}
 	}
 	return m.f.WriteAt(p, off)
 }
 
-// guardZeroes is guardProbe for a zeroed range, checking only the parts
-// of it that probing sees so a huge range needs no huge buffer.
-func (m *Image) guardZeroes(off, n int64) error {
-	if off < block.ProbeHeadSize {
-		if err := m.guardProbe(make([]byte, min(n, block.ProbeHeadSize-off)), off); err != nil {
-			return err
-		}
-	}
-	if tailOff := m.Size() - block.ProbeTailSize; off+n > tailOff {
-		start := max(off, tailOff)
-		return m.guardProbe(make([]byte, off+n-start), start)
-	}
-	return nil
-}
-
-// touchesProbe reports whether a write of n bytes at off reaches the bytes
-// probing looks at: the head, and the tail where VHD keeps its footer.
+// touchesProbe reports whether a change of n bytes at off may reach the
+// bytes probing looks at: the head, and the container's last sector,
+// where VHD keeps its footer.
 func (m *Image) touchesProbe(off, n int64) bool {
-	return n > 0 && (off < block.ProbeHeadSize || off+n > m.Size()-block.ProbeTailSize)
+	return n > 0 && (off < block.ProbeHeadSize || off+n > m.hostMin.Load()-block.ProbeTailSize)
 }
 
-// guardProbe refuses a write that would make the image probe as another
-// format: the attack where a guest writes a qcow2 header naming a host file
-// as backing into its raw disk, or a VHD footer into its last sector.
-func (m *Image) guardProbe(p []byte, off int64) error {
-	size := m.Size()
-	head := make([]byte, min(size, block.ProbeHeadSize))
+// guardProbe refuses a change that would make the container probe as
+// another format: the attack where a guest writes a qcow2 header naming a
+// host file as backing into its raw disk, or a VHD footer into its last
+// sector. The change puts p at off, or n zero bytes when p is nil, and
+// leaves the container newLen bytes long (-1: as long as the write makes
+// it). It judges the container as it would be afterwards, head and tail
+// as a whole. what names the change in the error. Callers hold probeMu.
+func (m *Image) guardProbe(what string, p []byte, off, n, newLen int64) error {
+	cur, err := m.f.Size()
+	if err != nil {
+		return err
+	}
+	if newLen < 0 {
+		newLen = max(cur, off+n)
+	}
+	// Past the current end, the container reads as zeros (ReadAt is
+	// short there), which is what extending it leaves.
+	head := make([]byte, min(newLen, block.ProbeHeadSize))
 	if _, err := m.f.ReadAt(head, 0); err != nil && !errorsIsEOF(err) {
 		return err
 	}
-	tailOff := size - min(size, block.ProbeTailSize)
-	tail := make([]byte, size-tailOff)
+	tailOff := newLen - min(newLen, block.ProbeTailSize)
+	tail := make([]byte, newLen-tailOff)
 	if _, err := m.f.ReadAt(tail, tailOff); err != nil && !errorsIsEOF(err) {
 		return err
 	}
-	overlay(head, 0, p, off)
-	overlay(tail, tailOff, p, off)
+	overlay(head, 0, p, off, n)
+	overlay(tail, tailOff, p, off, n)
 	if f, _ := block.Probe(head, tail, m.f.Name()); f != nil && f.Name != "raw" {
-		return fmt.Errorf("raw: this write would make the image look like %s; "+
-			"the format was probed, so this is refused: open it with -f raw to allow it", f.Name)
+		return fmt.Errorf("raw: %s would make the image look like %s; "+
+			"the format was probed, so this is refused: open it with -f raw to allow it", what, f.Name)
 	}
 	return nil
 }
 
-// overlay copies the part of p (which belongs at off) that falls inside
-// buf (which holds the bytes at bufOff).
-func overlay(buf []byte, bufOff int64, p []byte, off int64) {
-	start, end := max(off, bufOff), min(off+int64(len(p)), bufOff+int64(len(buf)))
-	if start < end {
-		copy(buf[start-bufOff:end-bufOff], p[start-off:end-off])
+// overlay puts the part of the change (p at off, or n zeros when p is
+// nil) that falls inside buf, which holds the bytes at bufOff.
+func overlay(buf []byte, bufOff int64, p []byte, off, n int64) {
+	start, end := max(off, bufOff), min(off+n, bufOff+int64(len(buf)))
+	if start >= end {
+		return
 	}
+	if p == nil {
+		clear(buf[start-bufOff : end-bufOff])
+		return
+	}
+	copy(buf[start-bufOff:end-bufOff], p[start-off:end-off])
 }
 
 func (m *Image) Flush() error {
@@ -225,14 +306,33 @@ func (m *Image) Discard(off, n int64) error {
 	if err := block.CheckRange(off, n, m.Size()); err != nil {
 		return err
 	}
-	if p, ok := m.f.(block.HolePuncher); ok {
-		if err := p.PunchHole(off, n); err != nil && !errors.Is(err, block.ErrNotSupported) {
+	p, ok := m.f.(block.HolePuncher)
+	if !ok {
+		return nil
+	}
+	if m.probed && m.touchesProbe(off, n) {
+		m.probeMu.Lock()
+		defer m.probeMu.Unlock()
+		cur, err := m.f.Size()
+		if err != nil {
 			return err
 		}
+		if m.guardProbe("discarding", nil, off, n, cur) != nil {
+			// Discard is advisory: keeping the old content is allowed,
+			// and better than failing a guest's trim.
+			return nil
+		}
+	}
+	if err := p.PunchHole(off, n); err != nil && !errors.Is(err, block.ErrNotSupported) {
+		return err
 	}
 	return nil
 }
 
+// WriteZeroes zeroes without writing zero bytes where the container can:
+// with ZeroMayUnmap by punching a hole, else with a zeroed range that stays
+// allocated (FALLOC_FL_ZERO_RANGE), and only without ZeroFast by writing
+// zeros.
 func (m *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
 	if m.readOnly {
 		return block.ErrReadOnly
@@ -242,6 +342,16 @@ func (m *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
 	}
 	if n == 0 {
 		return nil
+	}
+	if m.probed && m.touchesProbe(off, n) {
+		// Zeros can complete a header too (a version field of 0x0103
+		// with its 0x01 zeroed), and a zeroed range can extend the file
+		// so that other bytes become its last sector.
+		m.probeMu.Lock()
+		defer m.probeMu.Unlock()
+		if err := m.guardProbe("zeroing", nil, off, n, -1); err != nil {
+			return err
+		}
 	}
 	if flags&block.ZeroMayUnmap != 0 {
 		if p, ok := m.f.(block.HolePuncher); ok {
@@ -258,17 +368,12 @@ func (m *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
 	if flags&block.ZeroFast != 0 {
 		return block.ErrNotSupported
 	}
-	if m.probed && m.touchesProbe(off, n) {
-		m.probeMu.Lock()
-		defer m.probeMu.Unlock()
-		if err := m.guardZeroes(off, n); err != nil {
-			return err
-		}
-	}
 	return block.WriteZeroBytes(m.f, off, n)
 }
 
-// BlockStatus maps data and holes of the container one to one.
+// BlockStatus maps data and holes of the container one to one; the
+// container reports what lies past its end (the rest of a partial last
+// sector) as zeros.
 func (m *Image) BlockStatus(off, n int64) ([]block.Extent, error) {
 	if err := block.CheckRange(off, n, m.Size()); err != nil {
 		return nil, err
@@ -305,10 +410,20 @@ func (m *Image) Resize(size int64, shrink bool) error {
 	if size < m.Size() && !shrink {
 		return errors.New("raw: use the --shrink option to shrink the image; data beyond the new size is lost")
 	}
+	// Resizing moves the last sector: shrinking can make a VHD footer
+	// planted inside the disk the container's last 512 bytes.
+	m.probeMu.Lock()
+	defer m.probeMu.Unlock()
+	if m.probed {
+		if err := m.guardProbe("resizing", nil, 0, 0, size); err != nil {
+			return err
+		}
+	}
 	if err := m.f.Truncate(size); err != nil {
 		return fmt.Errorf("raw: resize: %w", err)
 	}
-	m.size.Store(size)
+	m.hostMin.Store(size)
+	m.size.Store(sectorSize(size))
 	return nil
 }
 

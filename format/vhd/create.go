@@ -29,48 +29,87 @@ func newUUID() ([16]byte, error) {
 
 func now() uint32 { return uint32(time.Now().Unix() - timestampEpoch) }
 
-func create(f block.File, opts block.Options) error {
-	backing := opts.String("backing_file", "")
+// flatPlan is a checked request for a fixed or dynamic disk.
+type flatPlan struct {
+	size int64
+	geo  Geometry
+	sub  string
+	bs   uint32 // dynamic disks
+}
+
+func planFlat(opts block.Options) (*flatPlan, error) {
 	sub := opts.String("subformat", "dynamic")
-	if backing != "" {
-		if opts.Has("subformat") && sub == "fixed" {
-			return errors.New("vhd: a differencing disk (backing_file) cannot be fixed")
-		}
-		return createDifferencing(f, opts, backing)
+	if sub != "dynamic" && sub != "fixed" {
+		return nil, fmt.Errorf("vhd: invalid subformat '%s' (allowed: dynamic, fixed)", sub)
 	}
 	size := opts.Size("size", -1)
 	if size < 0 {
-		return errors.New("vhd: image size must be specified")
+		return nil, errors.New("vhd: image size must be specified")
+	}
+	if size/sectorSize > maxSectors {
+		// Checked before rounding too, which could overflow.
+		return nil, errors.New("vhd: disk size is too large, max size is 2040 GiB")
 	}
 	size = (size + sectorSize - 1) / sectorSize * sectorSize
 	geo, size := roundedGeometry(size, opts.Bool("force_size", false))
 	if size/sectorSize > maxSectors {
-		return errors.New("vhd: disk size is too large, max size is 2040 GiB")
+		return nil, errors.New("vhd: disk size is too large, max size is 2040 GiB")
 	}
-	ft, err := newFooter(size, geo)
+	p := &flatPlan{size: size, geo: geo, sub: sub}
+	if sub == "dynamic" {
+		bs, err := blockSizeOpt(opts)
+		if err != nil {
+			return nil, err
+		}
+		p.bs = bs
+	}
+	return p, nil
+}
+
+func checkCreate(name string, opts block.Options) (int64, error) {
+	if backing := opts.String("backing_file", ""); backing != "" {
+		p, err := openParent(name, opts, backing)
+		if err != nil {
+			return 0, err
+		}
+		p.Close()
+		return 0, nil
+	}
+	p, err := planFlat(opts)
+	if err != nil {
+		return 0, err
+	}
+	if p.sub == "fixed" {
+		return p.size + footerSize, nil
+	}
+	return 0, nil
+}
+
+func create(f block.File, opts block.Options) error {
+	if backing := opts.String("backing_file", ""); backing != "" {
+		return createDifferencing(f, opts, backing)
+	}
+	p, err := planFlat(opts)
 	if err != nil {
 		return err
 	}
-	switch sub {
-	case "fixed":
+	ft, err := newFooter(p.size, p.geo)
+	if err != nil {
+		return err
+	}
+	if p.sub == "fixed" {
 		ft.DiskType = typeFixed
 		ft.DataOffset = noOffset
-		if err := f.Truncate(size + footerSize); err != nil {
+		if err := f.Truncate(p.size + footerSize); err != nil {
 			return fmt.Errorf("vhd: %w", err)
 		}
-		if _, err := f.WriteAt(ft.marshal(), size); err != nil {
+		if _, err := f.WriteAt(ft.marshal(), p.size); err != nil {
 			return fmt.Errorf("vhd: writing footer: %w", err)
 		}
 		return nil
-	case "dynamic":
-		ft.DiskType = typeDynamic
-		bs, err := blockSizeOpt(opts)
-		if err != nil {
-			return err
-		}
-		return writeDynamic(f, ft, &Header{BlockSize: bs}, nil)
 	}
-	return fmt.Errorf("vhd: invalid subformat '%s' (allowed: dynamic, fixed)", sub)
+	ft.DiskType = typeDynamic
+	return writeDynamic(f, ft, &Header{BlockSize: p.bs}, nil)
 }
 
 func blockSizeOpt(opts block.Options) (uint32, error) {
@@ -98,6 +137,41 @@ func newFooter(size int64, geo Geometry) (*Footer, error) {
 		Geometry:   geo,
 		UniqueID:   id,
 	}, nil
+}
+
+// openParent opens and checks the parent of a differencing disk to be
+// made at name.
+func openParent(name string, opts block.Options, backing string) (*Image, error) {
+	switch sub := opts.String("subformat", "dynamic"); sub {
+	case "dynamic":
+	case "fixed":
+		return nil, errors.New("vhd: a differencing disk (backing_file) cannot be fixed")
+	default:
+		return nil, fmt.Errorf("vhd: invalid subformat '%s' (allowed: dynamic, fixed)", sub)
+	}
+	if bf := opts.String("backing_fmt", ""); bf != "" && bf != "vhd" && bf != "vpc" {
+		return nil, fmt.Errorf("vhd: the parent of a differencing disk must be a VHD, not '%s'", bf)
+	}
+	if opts.Has("block_size") {
+		if _, err := blockSizeOpt(opts); err != nil {
+			return nil, err
+		}
+	}
+	full := block.ResolveBacking(name, backing)
+	pimg, err := block.Open(full, block.OpenOptions{Format: "vhd", ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("vhd: opening parent: %w", err)
+	}
+	p, ok := pimg.(*Image)
+	if !ok {
+		pimg.Close()
+		return nil, fmt.Errorf("vhd: parent %s is not a VHD", full)
+	}
+	if s := opts.Size("size", -1); s >= 0 && s != p.Size() {
+		pimg.Close()
+		return nil, fmt.Errorf("vhd: a differencing disk has its parent's size (%d bytes), not %d", p.Size(), s)
+	}
+	return p, nil
 }
 
 // locatorData is one parent locator to write.
@@ -160,23 +234,13 @@ func writeDynamic(f block.File, ft *Footer, h *Header, locs []locatorData) error
 // unique id and time stamp, its name, and relative (W2ru), absolute (W2ku)
 // and file URL (MacX) locators.
 func createDifferencing(f block.File, opts block.Options, backing string) error {
-	if bf := opts.String("backing_fmt", ""); bf != "" && bf != "vhd" && bf != "vpc" {
-		return fmt.Errorf("vhd: the parent of a differencing disk must be a VHD, not '%s'", bf)
-	}
-	full := block.ResolveBacking(f.Name(), backing)
-	pimg, err := block.Open(full, block.OpenOptions{Format: "vhd", ReadOnly: true})
+	p, err := openParent(f.Name(), opts, backing)
 	if err != nil {
-		return fmt.Errorf("vhd: opening parent: %w", err)
+		return err
 	}
-	defer pimg.Close()
-	p, ok := pimg.(*Image)
-	if !ok {
-		return fmt.Errorf("vhd: parent %s is not a VHD", full)
-	}
+	defer p.Close()
+	full := block.ResolveBacking(f.Name(), backing)
 	size := p.Size()
-	if s := opts.Size("size", -1); s >= 0 && s != size {
-		return fmt.Errorf("vhd: a differencing disk has its parent's size (%d bytes), not %d", size, s)
-	}
 	geo := p.footer.Geometry
 	if p.footer.usesCurrentSize() {
 		geo = Geometry{maxCyls, maxHeads, maxSecs}

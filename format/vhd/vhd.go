@@ -25,11 +25,12 @@ func init() { block.Register(Format) }
 
 // Format is the VHD format driver.
 var Format = &block.Format{
-	Name:    "vhd",
-	Aliases: []string{"vpc"},
-	Probe:   probe,
-	Open:    Open,
-	Create:  create,
+	Name:        "vhd",
+	Aliases:     []string{"vpc"},
+	Probe:       probe,
+	Open:        Open,
+	Create:      create,
+	CheckCreate: checkCreate,
 	CreateOptions: []block.OptionSpec{
 		{Name: "size", Type: block.OptSize, Help: "Virtual disk size"},
 		{Name: "subformat", Type: block.OptString, Help: "Type of virtual hard disk format (allowed values: dynamic, fixed; default dynamic)"},

@@ -22,10 +22,12 @@ type File struct {
 	f        *os.File
 	name     string
 	readOnly bool
+	flags    block.OpenFlags
+	locked   bool
 }
 
 // Open opens (or with flags.Create, creates) a local container and takes
-// QEMU's image locks unless flags.ForceShare.
+// QEMU's image locks unless flags.ForceShare or flags.LockLater.
 func Open(name string, flags block.OpenFlags) (block.File, error) {
 	mode := os.O_RDWR
 	if flags.ReadOnly {
@@ -42,29 +44,68 @@ func Open(name string, flags block.OpenFlags) (block.File, error) {
 		f.Close()
 		return nil, fmt.Errorf("could not open '%s': is a directory", name)
 	}
-	if !flags.ForceShare || !flags.ReadOnly {
-		// A reader needs a consistent image, so it refuses writers; a
-		// writer shares only reading and unchanged writes, as qemu-img does.
-		perm, shared := permConsistentRead, permAll&^(permWrite|permResize)
-		if !flags.ReadOnly {
-			perm = permConsistentRead | permWrite | permResize
-			shared = permConsistentRead | permWriteUnchanged
-		}
-		if flags.ForceShare {
-			perm, shared = 0, permAll
-		}
-		if err := lockImage(f, perm, shared); err != nil {
+	file := &File{f: f, name: name, readOnly: flags.ReadOnly && !flags.Create, flags: flags}
+	if !flags.LockLater || flags.Create {
+		if err := file.Lock(false); err != nil {
 			f.Close()
-			return nil, fmt.Errorf("'%s': %w", name, err)
+			return nil, err
 		}
 	}
 	if flags.Create {
+		if err := checkCreateSize(f, flags.CreateSize); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("could not create '%s': %w", name, err)
+		}
 		if err := f.Truncate(0); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("could not truncate '%s': %w", name, err)
 		}
 	}
-	return &File{f: f, name: name, readOnly: flags.ReadOnly && !flags.Create}, nil
+	return file, nil
+}
+
+// Lock takes QEMU's image locks for the flags the file was opened with,
+// once. A reader needs a consistent image, so it refuses writers unless
+// shareWrite (a raw image, as QEMU's raw format shares writing); a writer
+// shares only reading and unchanged writes, as qemu-img does.
+func (f *File) Lock(shareWrite bool) error {
+	if f.locked || (f.flags.ForceShare && f.flags.ReadOnly) {
+		return nil
+	}
+	perm, shared := permConsistentRead, permAll&^(permWrite|permResize)
+	switch {
+	case !f.flags.ReadOnly || f.flags.Create:
+		perm = permConsistentRead | permWrite | permResize
+		shared = permConsistentRead | permWriteUnchanged
+	case shareWrite:
+		shared = permAll
+	}
+	if f.flags.ForceShare {
+		perm, shared = 0, permAll
+	}
+	if err := lockImage(f.f, perm, shared); err != nil {
+		return fmt.Errorf("'%s': %w", f.name, err)
+	}
+	f.locked = true
+	return nil
+}
+
+// checkCreateSize makes sure the file system can hold a file of size
+// bytes before the old content is dropped: growing the file to that size
+// either fails (EFBIG, changing nothing) or only appends zeros, which the
+// emptying that follows removes again.
+func checkCreateSize(f *os.File, size int64) error {
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() || size <= st.Size() {
+		return nil
+	}
+	if err := f.Truncate(size); err != nil {
+		if errors.Is(err, unix.EFBIG) || errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("the image size %d is too large for this file (%w)", size, unwrapPath(err))
+		}
+		return unwrapPath(err)
+	}
+	return nil
 }
 
 // unwrapPath strips os.PathError's "open NAME:" so messages name the file once.
@@ -219,4 +260,5 @@ var (
 	_ block.DataMapper     = (*File)(nil)
 	_ block.Stater         = (*File)(nil)
 	_ block.AllocatedSizer = (*File)(nil)
+	_ block.Locker         = (*File)(nil)
 )

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"vdisk/block"
+	_ "vdisk/format/qcow2"
+	_ "vdisk/format/raw"
 	"vdisk/protocol/file"
 )
 
@@ -20,32 +22,47 @@ func newImage(t *testing.T) string {
 	return name
 }
 
-// While qemu-io has the image open for writing, a writable open fails
-// with a message that says why, and a read with force-share works.
-func TestQEMUHoldsImage(t *testing.T) {
-	name := newImage(t)
-	q := exec.Command("qemu-io", "-f", "raw", "-c", "sleep 20000", name)
+// holdWritable starts qemu-io with the image open for writing and waits
+// until it holds its locks; it returns the error a writable open then
+// gets. qemu-io is killed when the test ends.
+func holdWritable(t *testing.T, format, name string) (*exec.Cmd, error) {
+	t.Helper()
+	q := exec.Command("qemu-io", "-f", format, "-c", "sleep 20000", name)
 	if err := q.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
+	t.Cleanup(func() {
 		q.Process.Kill()
 		q.Wait()
-	}()
-	// Wait for qemu-io to take its locks.
+	})
 	var err error
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		var f block.File
 		if f, err = file.Open(name, block.OpenFlags{}); err != nil {
-			break
+			return q, err
 		}
 		f.Close()
 		time.Sleep(20 * time.Millisecond)
 	}
-	if err == nil {
-		t.Fatal("writable open kept succeeding while qemu-io held the image")
+	t.Fatal("writable open kept succeeding while qemu-io held the image")
+	return nil, nil
+}
+
+func newQcow2(t *testing.T) string {
+	t.Helper()
+	name := t.TempDir() + "/lock.qcow2"
+	if out, err := exec.Command("qemu-img", "create", "-f", "qcow2", name, "1M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v %s", err, out)
 	}
+	return name
+}
+
+// While qemu-io has the image open for writing, a writable open fails
+// with a message that says why, and a read with force-share works.
+func TestQEMUHoldsImage(t *testing.T) {
+	name := newImage(t)
+	q, err := holdWritable(t, "raw", name)
 	if msg := err.Error(); !strings.Contains(msg, name) || !strings.Contains(msg, "lock") || !strings.Contains(msg, "-U") {
 		t.Errorf("unhelpful error: %v", err)
 	}
@@ -120,4 +137,84 @@ func TestOpenErrors(t *testing.T) {
 	if err := f.Truncate(0); err == nil {
 		t.Error("truncate through a read-only container succeeded")
 	}
+}
+
+// A read-only open of a raw image lets QEMU write it, as QEMU's own raw
+// readers do (qemu-io -r, qemu-img map); a qcow2 reader does not, since a
+// writer could change the metadata under it.
+func TestRawReaderSharesWrite(t *testing.T) {
+	name := newImage(t)
+	for _, opts := range []block.OpenOptions{{ReadOnly: true}, {ReadOnly: true, Format: "raw"}} {
+		img, err := block.Open(name, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command("qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 512", name).CombinedOutput()
+		if err != nil {
+			t.Errorf("qemu-io write while vdisk reads raw (format %q): %v %s", opts.Format, err, out)
+		}
+		b := make([]byte, 512)
+		if _, err := img.ReadAt(b, 0); err != nil || b[0] != 0x5a || b[511] != 0x5a {
+			t.Errorf("read after qemu-io's write: %v %x", err, b[:4])
+		}
+		img.Close()
+	}
+	// The container alone (no format known) keeps the strict reader locks.
+	f, err := file.Open(name, block.OpenFlags{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("qemu-io", "-f", "raw", "-c", "write 0 512", name).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), `"write" lock`) {
+		t.Errorf("qemu-io write while the file is open read-only without a format: %v %s", err, out)
+	}
+	f.Close()
+
+	q := newQcow2(t)
+	img, err := block.Open(q, block.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	out, err = exec.Command("qemu-io", "-f", "qcow2", "-c", "write 0 512", q).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), `Failed to get "write" lock`) {
+		t.Errorf("qemu-io write while vdisk reads qcow2: %v %s", err, out)
+	}
+}
+
+// While QEMU writes a raw image, vdisk can open it read-only (probed or
+// named), as qemu-img info and map can; a qcow2 image still refuses.
+func TestQEMUWriterAllowsRawReader(t *testing.T) {
+	name := newImage(t)
+	if _, err := holdWritable(t, "raw", name); err == nil {
+		t.Fatal("no lock error")
+	}
+	for _, opts := range []block.OpenOptions{{ReadOnly: true}, {ReadOnly: true, Format: "raw"}} {
+		img, err := block.Open(name, opts)
+		if err != nil {
+			t.Errorf("read-only open (format %q) while qemu-io writes raw: %v", opts.Format, err)
+			continue
+		}
+		img.Close()
+	}
+	if img, err := block.Open(name, block.OpenOptions{}); err == nil {
+		img.Close()
+		t.Error("writable open while qemu-io writes")
+	}
+
+	q := newQcow2(t)
+	if _, err := holdWritable(t, "qcow2", q); err == nil {
+		t.Fatal("no lock error")
+	}
+	if img, err := block.Open(q, block.OpenOptions{ReadOnly: true}); err == nil {
+		img.Close()
+		t.Error("read-only qcow2 open while qemu-io writes it")
+	} else if !strings.Contains(err.Error(), `shared "write" lock`) || !strings.Contains(err.Error(), q) {
+		t.Errorf("unhelpful error: %v", err)
+	}
+	img, err := block.Open(q, block.OpenOptions{ReadOnly: true, ForceShare: true})
+	if err != nil {
+		t.Fatalf("force-share read: %v", err)
+	}
+	img.Close()
 }

@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -757,9 +758,28 @@ func (c *Client) ZeroRange(off, n int64) error {
 // MapData is NBD_CMD_BLOCK_STATUS with base:allocation: holes and zeros
 // become StatusZero, everything else StatusData.
 func (c *Client) MapData(off, n int64) ([]block.Extent, error) {
-	if off < 0 || n < 0 || off > c.size || n > c.size-off {
+	if off < 0 || n < 0 || n > math.MaxInt64-off {
 		return nil, fmt.Errorf("%s: %w: block status at %d+%d", c.name, block.ErrOutOfRange, off, n)
 	}
+	end := off + n
+	if end <= c.size {
+		return c.mapData(off, n)
+	}
+	// Past the end of the export (a raw image whose size is not a
+	// multiple of 512 extends to the next sector) lie zeros that no
+	// export byte holds.
+	var out []block.Extent
+	if off < c.size {
+		var err error
+		if out, err = c.mapData(off, c.size-off); err != nil {
+			return nil, err
+		}
+	}
+	start := max(off, c.size)
+	return append(out, block.Extent{Offset: start, Length: end - start, Status: block.StatusZero, HostOffset: -1}), nil
+}
+
+func (c *Client) mapData(off, n int64) ([]block.Extent, error) {
 	var out []block.Extent
 	add := func(o, l int64, st block.Status) {
 		if k := len(out); k > 0 && out[k-1].Status == st {
