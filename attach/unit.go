@@ -271,7 +271,7 @@ func (u *Unit) stat() (*ctl.FileStat, error) {
 	}
 	if !done {
 		if u.statFile == nil {
-			return nil, withErrno(syscall.ENOENT, "%s: a RAM disk has no image file", u.Name())
+			return nil, u.noFile()
 		}
 		if err := unix.Fstat(int(u.statFile.Fd()), &st); err != nil {
 			return nil, withErrno(errnoFromSys(err), "%s: fstat: %v", u.Name(), err)
@@ -284,6 +284,21 @@ func (u *Unit) stat() (*ctl.FileStat, error) {
 		Mtime: ctl.Timespec{Sec: st.Mtim.Sec, Nsec: st.Mtim.Nsec},
 		Ctime: ctl.Timespec{Sec: st.Ctim.Sec, Nsec: st.Ctim.Nsec},
 	}, nil
+}
+
+// noFile explains why a unit has no image file to stat.
+func (u *Unit) noFile() error {
+	switch {
+	case u.Path == "":
+		return withErrno(syscall.ENOENT, "%s: a RAM disk has no image file", u.Name())
+	case strings.HasPrefix(u.Path, "nbd"):
+		return withErrno(syscall.EINVAL, "%s: the image is an NBD export (%s); it has no local file", u.Name(), u.File)
+	case strings.HasPrefix(u.Path, "mem:"):
+		return withErrno(syscall.ENOENT, "%s: the image is a RAM disk (%s); it has no image file", u.Name(), u.File)
+	case block.IsLocalName(u.Path):
+		return withErrno(syscall.ENOENT, "%s: the image file %s could not be opened at attach", u.Name(), u.File)
+	}
+	return withErrno(syscall.EINVAL, "%s: the image (%s) is not a local file", u.Name(), u.File)
 }
 
 // detach takes the unit down. A normal detach lets the loop device write
