@@ -4,6 +4,11 @@
 export VDISK_STATE_DIR=$TEST_DIR/state
 _mounts=()
 _loops=()
+_on_exit=()
+
+# on_exit CMD: runs CMD (eval'd) at exit, before the mounts and units are
+# taken down, latest first: for swap areas, loop devices stacked on a unit.
+on_exit() { _on_exit+=("$1"); }
 
 # attach ARGS...: runs vdisk attach, prints "vdN /dev/loopN" filtered to a
 # stable form, and records the device for cleanup. The raw output is left
@@ -59,6 +64,9 @@ loop_bound() {
 
 _cleanup() {
 	local m d i
+	for ((i = ${#_on_exit[@]} - 1; i >= 0; i--)); do
+		eval "${_on_exit[$i]}" >/dev/null 2>&1
+	done
 	for ((i = ${#_mounts[@]} - 1; i >= 0; i--)); do
 		m=${_mounts[$i]}
 		mountpoint -q "$m" && { umount "$m" 2>/dev/null || umount -l "$m"; }

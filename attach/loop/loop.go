@@ -227,25 +227,72 @@ func ClearStale(num int) error {
 }
 
 // Users explains why the device is in use, or returns nil when it is not:
-// a file system mounted on it or on a partition, another block device
-// stacked on it (holders), or a process other than self holding it open.
+// a file system mounted on it or on a partition, swap, another block
+// device stacked on it (holders, or a loop device backed by it), or a
+// process other than self holding it open.
 func (d *Device) Users() []string {
 	return Users(d.Name(), d.Rdev)
 }
 
+// sysBlock is where the kernel lists block devices; tests point it at a
+// fake tree.
+var sysBlock = "/sys/block"
+
 // Users is Device.Users for a device named name (loopN) with device
 // number rdev.
+//
+// The kernel's own users (a mounted file system, swap, device mapper, md)
+// claim the device exclusively, so an O_EXCL open fails with EBUSY while
+// any of them holds it or a partition of it, even one that no scan of
+// this process's view finds (a mount in another namespace). The scans
+// run only to name the user, or, when nothing claims the device, to find
+// what claims do not show: processes holding it open and loop devices
+// backed by it.
 func Users(name string, rdev uint64) []string {
-	var why []string
 	devs := map[uint64]string{rdev: name}
-	parts, _ := filepath.Glob(filepath.Join("/sys/block", name, name+"p*"))
+	parts, _ := filepath.Glob(filepath.Join(sysBlock, name, name+"p*"))
 	for _, p := range parts {
 		if dn, err := ReadDevNum(filepath.Join(p, "dev")); err == nil {
 			devs[dn] = filepath.Base(p)
 		}
 	}
+	claimed, probed := probeClaimed(name, rdev)
+	var why []string
+	if claimed || !probed {
+		why = kernelUsers(name, parts, devs)
+	}
+	why = append(why, loopsBackedBy(devs)...)
+	if len(why) == 0 {
+		why = openers(devs)
+	}
+	if len(why) == 0 && claimed {
+		why = append(why, name+" is claimed by the kernel (a file system mounted in another namespace, swap or a stacked device)")
+	}
+	return why
+}
+
+// probeClaimed opens the device with O_EXCL, which fails with EBUSY while
+// anything claims it. probed is false when the probe could not be made
+// (no device node, or one that is not this device).
+func probeClaimed(name string, rdev uint64) (claimed, probed bool) {
+	path := "/dev/" + name
+	var st unix.Stat_t
+	if unix.Stat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK || st.Rdev != rdev {
+		return false, false
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err == nil {
+		unix.Close(fd)
+		return false, true
+	}
+	return errors.Is(err, unix.EBUSY), errors.Is(err, unix.EBUSY)
+}
+
+// kernelUsers names the claims on the device: holders, mounts, swap.
+func kernelUsers(name string, parts []string, devs map[uint64]string) []string {
+	var why []string
 	// Stacked block devices (device mapper, md) appear as holders.
-	for _, dir := range append([]string{filepath.Join("/sys/block", name)}, parts...) {
+	for _, dir := range append([]string{filepath.Join(sysBlock, name)}, parts...) {
 		hs, _ := os.ReadDir(filepath.Join(dir, "holders"))
 		for _, h := range hs {
 			why = append(why, fmt.Sprintf("%s is held by %s", filepath.Base(dir), h.Name()))
@@ -266,6 +313,49 @@ func Users(name string, rdev uint64) []string {
 			}
 		}
 	}
+	if sw, err := os.ReadFile("/proc/swaps"); err == nil {
+		for _, line := range strings.Split(string(sw), "\n")[1:] {
+			fs := strings.Fields(line)
+			if len(fs) < 2 || fs[1] != "partition" {
+				continue
+			}
+			var st unix.Stat_t
+			if unix.Stat(UnescapeMount(fs[0]), &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+				continue
+			}
+			if n, ok := devs[st.Rdev]; ok {
+				why = append(why, n+" is in use as swap")
+			}
+		}
+	}
+	return why
+}
+
+// loopsBackedBy names loop devices whose backing file is the device or a
+// partition of it: they hold it with neither a claim nor a descriptor.
+func loopsBackedBy(devs map[uint64]string) []string {
+	var why []string
+	bfs, _ := filepath.Glob(filepath.Join(sysBlock, "loop*", "loop", "backing_file"))
+	for _, bf := range bfs {
+		b, err := os.ReadFile(bf)
+		if err != nil {
+			continue
+		}
+		back := strings.TrimSpace(string(b))
+		for _, n := range devs {
+			if back == "/dev/"+n {
+				why = append(why, fmt.Sprintf("%s is the backing file of %s", n, filepath.Base(filepath.Dir(filepath.Dir(bf)))))
+			}
+		}
+	}
+	return why
+}
+
+// openers names processes other than this one with the device or a
+// partition open, through whatever node: a node outside /dev names the
+// same device.
+func openers(devs map[uint64]string) []string {
+	var why []string
 	self := os.Getpid()
 	procs, _ := os.ReadDir("/proc")
 	for _, p := range procs {
@@ -276,15 +366,18 @@ func Users(name string, rdev uint64) []string {
 		fds, _ := os.ReadDir(filepath.Join("/proc", p.Name(), "fd"))
 		for _, fd := range fds {
 			link := filepath.Join("/proc", p.Name(), "fd", fd.Name())
-			target, err := os.Readlink(link)
-			if err != nil || !strings.HasPrefix(target, "/dev/") {
+			// Sockets, pipes and anonymous inodes have no path.
+			if target, err := os.Readlink(link); err != nil || !strings.HasPrefix(target, "/") {
 				continue
 			}
-			var st unix.Stat_t
-			if unix.Stat(link, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+			// Cached attributes do: a file on a FUSE file system whose
+			// server hangs must not hang the scan.
+			var stx unix.Statx_t
+			if unix.Statx(unix.AT_FDCWD, link, unix.AT_STATX_DONT_SYNC, unix.STATX_TYPE, &stx) != nil ||
+				stx.Mode&unix.S_IFMT != unix.S_IFBLK {
 				continue
 			}
-			if n, ok := devs[st.Rdev]; ok {
+			if n, ok := devs[unix.Mkdev(stx.Rdev_major, stx.Rdev_minor)]; ok {
 				comm, _ := os.ReadFile(filepath.Join("/proc", p.Name(), "comm"))
 				why = append(why, fmt.Sprintf("%s is open by process %d (%s)", n, pid, strings.TrimSpace(string(comm))))
 				break

@@ -3,6 +3,7 @@ package loop
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,5 +59,46 @@ func TestAttachRelease(t *testing.T) {
 	}
 	if _, err := Attach(f, Options{BlockSize: 8192 * 2}); err == nil {
 		t.Error("block size 16384 accepted")
+	}
+}
+
+// The holders of the device and of its partitions (device mapper, md) and
+// loop devices backed by either are named; device mapper and md are not
+// in every kernel, so a fake sysfs tree stands in for them.
+func TestUsersNamesStackedDevices(t *testing.T) {
+	root := t.TempDir()
+	old := sysBlock
+	sysBlock = root
+	defer func() { sysBlock = old }()
+	mk := func(path, content string) {
+		t.Helper()
+		p := filepath.Join(root, path)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if content != "" {
+			if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := os.Mkdir(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// No such node in /dev: the exclusive-open probe cannot run, so the
+	// scans decide.
+	const name = "vdisktest0"
+	mk(name+"/holders/dm-3", "")
+	mk(name+"/"+name+"p2/dev", "4095:1048001\n")
+	mk(name+"/"+name+"p2/holders/md7", "")
+	mk("loop9/loop/backing_file", "/dev/"+name+"p2\n")
+	mk("loop8/loop/backing_file", "/var/tmp/other.img\n")
+	got := Users(name, unix.Mkdev(4095, 1048000))
+	want := []string{
+		name + " is held by dm-3",
+		name + "p2 is held by md7",
+		name + "p2 is the backing file of loop9",
+	}
+	if strings.Join(got, "; ") != strings.Join(want, "; ") {
+		t.Errorf("Users = %q, want %q", got, want)
 	}
 }
