@@ -84,6 +84,17 @@ func (u *Unit) info() ctl.UnitInfo {
 			BytesRead: s.ReadBytes.Load(), BytesWritten: s.WriteBytes.Load(),
 			Flushes: s.Flushes.Load(), Discards: s.Discards.Load(), Errors: s.Errors.Load(),
 		}
+		if in.Passthrough && u.dev != nil {
+			// Passthrough reads and writes go from the kernel to the image
+			// file without reaching the server; the block layer counts them.
+			if st, err := u.dev.IOStat(); err == nil {
+				c := &in.Counters
+				c.Reads += st.Reads
+				c.Writes += st.Writes
+				c.BytesRead += st.ReadBytes
+				c.BytesWritten += st.WriteBytes
+			}
+		}
 	}
 	return in
 }

@@ -40,7 +40,10 @@ type Device struct {
 	Rdev uint64
 	// DirectIO reports whether the kernel accepted direct I/O.
 	DirectIO bool
-	f        *os.File
+	// base is the kernel's I/O statistics at attach: they live as long as
+	// the loop device, across bindings.
+	base IOStat
+	f    *os.File
 	// nodes are partition device nodes we made, removed at release:
 	// partition device numbers are dynamic, and a stale node could later
 	// name another disk's partition.
@@ -131,7 +134,47 @@ func configure(num int, backing *os.File, opts Options, bs int) (*Device, error)
 	if info, err := unix.IoctlLoopGetStatus64(int(f.Fd())); err == nil {
 		d.DirectIO = info.Flags&unix.LO_FLAGS_DIRECT_IO != 0
 	}
+	d.base, _ = readIOStat(d.Name())
 	return d, nil
+}
+
+// IOStat counts completed requests and bytes, as the block layer does.
+type IOStat struct {
+	Reads, Writes         uint64
+	ReadBytes, WriteBytes uint64
+}
+
+// IOStat is the I/O the device completed since it was attached, from
+// /sys/block/loopN/stat (whose counts include the partitions').
+func (d *Device) IOStat() (IOStat, error) {
+	now, err := readIOStat(d.Name())
+	if err != nil {
+		return IOStat{}, err
+	}
+	return IOStat{
+		Reads: now.Reads - d.base.Reads, Writes: now.Writes - d.base.Writes,
+		ReadBytes: now.ReadBytes - d.base.ReadBytes, WriteBytes: now.WriteBytes - d.base.WriteBytes,
+	}, nil
+}
+
+func readIOStat(name string) (IOStat, error) {
+	b, err := os.ReadFile(filepath.Join(sysBlock, name, "stat"))
+	if err != nil {
+		return IOStat{}, err
+	}
+	// Documentation/block/stat.rst: reads, merges, sectors, ticks, then
+	// the same for writes; sectors are 512 bytes whatever the block size.
+	f := strings.Fields(string(b))
+	if len(f) < 7 {
+		return IOStat{}, fmt.Errorf("loop: %s/stat: %d fields", name, len(f))
+	}
+	var v [7]uint64
+	for _, i := range []int{0, 2, 4, 6} {
+		if v[i], err = strconv.ParseUint(f[i], 10, 64); err != nil {
+			return IOStat{}, fmt.Errorf("loop: %s/stat: %w", name, err)
+		}
+	}
+	return IOStat{Reads: v[0], ReadBytes: v[2] * 512, Writes: v[4], WriteBytes: v[6] * 512}, nil
 }
 
 // openDev opens a loop device node, creating it when udev has not (in

@@ -49,8 +49,9 @@ type Options struct {
 	Unit string
 }
 
-// Stats count the requests served. Passthrough I/O bypasses the server
-// and is not counted.
+// Stats count the requests served. Passthrough reads and writes bypass
+// the server and are not counted here; the daemon takes them from the
+// loop device's statistics.
 type Stats struct {
 	Reads, Writes         atomic.Uint64
 	ReadBytes, WriteBytes atomic.Uint64
