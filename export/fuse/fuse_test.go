@@ -160,3 +160,81 @@ func TestReadOnly(t *testing.T) {
 	}
 	f.Close()
 }
+
+// rawExport mounts a 1 MiB raw image file for passthrough; backing, if
+// not nil, is offered to the kernel at open instead of the image file.
+func rawExport(t *testing.T, backing *os.File) (*Export, block.Image, *os.File) {
+	t.Helper()
+	needFUSE(t)
+	path := filepath.Join(t.TempDir(), "disk.raw")
+	if err := os.WriteFile(path, bytes.Repeat([]byte("a"), 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bf, err := file.Open(path, block.OpenFlags{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := raw.Open(bf, &block.OpenOptions{Format: "raw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { img.Close() })
+	ptf, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ptf.Close() })
+	e := mount(t, img, Options{Passthrough: ptf, backing: backing})
+	f, err := os.OpenFile(e.Path(), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return e, img, f
+}
+
+func TestPassthroughReported(t *testing.T) {
+	e, _, f := rawExport(t, nil)
+	if !e.Passthrough() {
+		t.Fatal("kernel with FUSE passthrough: passthrough not reported")
+	}
+	if _, err := f.WriteAt([]byte("hello"), 4096); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.Stats.Writes.Load(); n != 0 {
+		t.Errorf("a passthrough write reached the server (%d writes served)", n)
+	}
+}
+
+// When the kernel refuses the backing file at open (here: a descriptor
+// that is not a regular file, after the probe at mount succeeded), the
+// export says so and serves the handle in userspace with direct I/O: the
+// kernel keeps no page cache for it, so what the image holds is what a
+// read returns.
+func TestPassthroughRefusedAtOpen(t *testing.T) {
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devnull.Close()
+	e, img, f := rawExport(t, devnull)
+	if e.Passthrough() {
+		t.Error("passthrough reported for a handle the kernel refused")
+	}
+	if _, err := f.WriteAt([]byte("hello"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if e.Stats.Writes.Load() != 1 {
+		t.Errorf("%d writes served, want 1", e.Stats.Writes.Load())
+	}
+	got := make([]byte, 4096)
+	if _, err := f.ReadAt(got, 0); err != nil || string(got[:6]) != "helloa" {
+		t.Fatalf("read back %q, %v", got[:6], err)
+	}
+	if _, err := img.WriteAt([]byte("HELLO"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ReadAt(got, 0); err != nil || string(got[:5]) != "HELLO" {
+		t.Errorf("read after the image changed: %q, %v (served from a page cache)", got[:5], err)
+	}
+}
