@@ -386,9 +386,11 @@ func (d *Daemon) attach(a *ctl.AttachArgs, cred *unix.Ucred) (_ *Unit, err error
 	if secbits == 0 {
 		secbits = 9
 	}
-	if secbits < 0 || secbits > 30 || !loop.ValidBlockSize(1<<secbits) {
-		return nil, withErrno(syscall.EINVAL, "sector size 2^%d is not supported: the loop driver presents 512 to %d bytes (-s 9 to %d)",
-			a.SecBits, os.Getpagesize(), log2(os.Getpagesize()))
+	if secbits < 9 {
+		return nil, withErrno(syscall.EINVAL, "sector size 2^%d is not supported: the loop driver presents 512 bytes or more (-s 9 and up)", a.SecBits)
+	}
+	if secbits > 30 || !loop.ValidBlockSize(1<<secbits) {
+		return nil, withErrno(syscall.EINVAL, "sector size 2^%d is not supported", a.SecBits)
 	}
 	id, err := d.reserve(a.Unit)
 	if err != nil {
@@ -456,6 +458,9 @@ func (d *Daemon) attach(a *ctl.AttachArgs, cred *unix.Ucred) (_ *Unit, err error
 	}
 	defer f.Close()
 	u.dev, err = loop.Attach(f, loop.Options{ReadOnly: a.ReadOnly, BlockSize: 1 << secbits, DirectIO: true})
+	if errors.Is(err, loop.ErrBlockSize) {
+		return nil, withErrno(syscall.EINVAL, "sector size 2^%d (%d bytes) is not supported by this kernel's loop driver", secbits, 1<<secbits)
+	}
 	if err != nil {
 		return nil, withErrno(errnoFromSys(err), "%s: %v", u.Name(), err)
 	}
@@ -463,15 +468,6 @@ func (d *Daemon) attach(a *ctl.AttachArgs, cred *unix.Ucred) (_ *Unit, err error
 	d.log.Info("attached", "unit", u.Name(), "device", u.dev.Path, "file", u.File, "format", u.Format,
 		"read-only", u.ReadOnly, "sector-size", 1<<secbits, "passthrough", u.export.Passthrough(), "direct-io", u.dev.DirectIO)
 	return u, nil
-}
-
-func log2(n int) int {
-	b := 0
-	for n > 1 {
-		n >>= 1
-		b++
-	}
-	return b
 }
 
 // reserve claims a unit number: the one asked for, or the lowest free.

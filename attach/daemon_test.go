@@ -81,8 +81,10 @@ func TestDaemonUnits(t *testing.T) {
 	if _, err := c.Attach(ctl.AttachArgs{MemSize: 1 << 20, Unit: "vd2"}); !errors.Is(err, syscall.EBUSY) {
 		t.Errorf("attach to a unit in use: %v, want EBUSY", err)
 	}
-	if _, err := c.Attach(ctl.AttachArgs{MemSize: 1 << 20, SecBits: 13}); !errors.Is(err, syscall.EINVAL) {
-		t.Errorf("attach with secbits 13: %v, want EINVAL", err)
+	for _, secbits := range []int{7, 20} {
+		if _, err := c.Attach(ctl.AttachArgs{MemSize: 1 << 20, SecBits: secbits}); !errors.Is(err, syscall.EINVAL) {
+			t.Errorf("attach with secbits %d: %v, want EINVAL", secbits, err)
+		}
 	}
 	if _, err := c.Detach("vd9", false); !errors.Is(err, syscall.ENXIO) {
 		t.Errorf("detach of a free unit: %v, want ENXIO", err)

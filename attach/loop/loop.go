@@ -26,7 +26,8 @@ import (
 type Options struct {
 	ReadOnly bool
 	// BlockSize is the logical block size presented to the kernel: a power
-	// of two from 512 to the page size. 0 means 512.
+	// of two from 512 to what the kernel's loop driver accepts (the page
+	// size, or 64 KiB on kernels with large block sizes). 0 means 512.
 	BlockSize int
 	// DirectIO asks the loop driver to bypass the page cache of the backing
 	// file, so data is cached once (in the loop device's own cache).
@@ -50,11 +51,16 @@ type Device struct {
 	nodes []string
 }
 
-// ValidBlockSize reports whether the loop driver can present size as its
-// logical block size.
+// ValidBlockSize reports whether size could be a logical block size: a
+// power of two of at least 512 bytes. Which ones the loop driver can
+// present depends on the kernel; LOOP_CONFIGURE says (ErrBlockSize).
 func ValidBlockSize(size int) bool {
-	return size >= 512 && size <= os.Getpagesize() && size&(size-1) == 0
+	return size >= 512 && size <= 1<<30 && size&(size-1) == 0
 }
+
+// ErrBlockSize is returned by Attach when the kernel's loop driver cannot
+// present the logical block size asked for.
+var ErrBlockSize = errors.New("the loop driver cannot present this logical block size")
 
 // Attach binds a free loop device to backing. The device keeps its own
 // reference to backing; the caller may close it afterwards.
@@ -64,7 +70,7 @@ func Attach(backing *os.File, opts Options) (*Device, error) {
 		bs = 512
 	}
 	if !ValidBlockSize(bs) {
-		return nil, fmt.Errorf("loop: logical block size %d is not supported (512 to %d, a power of two)", bs, os.Getpagesize())
+		return nil, fmt.Errorf("loop: logical block size %d: %w", bs, ErrBlockSize)
 	}
 	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -124,7 +130,16 @@ func configure(num int, backing *os.File, opts Options, bs int) (*Device, error)
 		if errors.Is(err, unix.EBUSY) {
 			return nil, err
 		}
+		if errors.Is(err, unix.EINVAL) && bs != 512 {
+			// The one argument a kernel may refuse that 512 never is.
+			return nil, fmt.Errorf("loop: logical block size %d: %w (LOOP_CONFIGURE: %w)", bs, ErrBlockSize, err)
+		}
 		return nil, fmt.Errorf("loop: LOOP_CONFIGURE %s: %w", path, err)
+	}
+	if err := initBlockSize(f, bs); err != nil && bs > os.Getpagesize() {
+		unix.IoctlSetInt(int(f.Fd()), unix.LOOP_CLR_FD, 0)
+		f.Close()
+		return nil, fmt.Errorf("loop: %s: setting the block size of its page cache: %w", path, err)
 	}
 	d := &Device{Num: num, Path: path, f: f}
 	var st unix.Stat_t
@@ -175,6 +190,29 @@ func readIOStat(name string) (IOStat, error) {
 		}
 	}
 	return IOStat{Reads: v[0], ReadBytes: v[2] * 512, Writes: v[4], WriteBytes: v[6] * 512}, nil
+}
+
+// initBlockSize gives the device's page cache the block size a first open
+// would give it. The kernel sets it from the logical block size only when
+// nobody has the device open, and ours was open across LOOP_CONFIGURE, so
+// the page cache keeps the block size of the device's previous binding:
+// with sectors larger than a page it then reads and writes pieces smaller
+// than a sector, which fail with EIO.
+func initBlockSize(f *os.File, lbs int) error {
+	var size uint64
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&size))); errno != 0 {
+		return fmt.Errorf("BLKGETSIZE64: %w", errno)
+	}
+	// As the kernel's set_init_blocksize: the logical block size, doubled
+	// up to the page size while the device size allows.
+	bs := lbs
+	for bs < os.Getpagesize() && size&uint64(bs) == 0 {
+		bs <<= 1
+	}
+	if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.BLKBSZSET, bs); err != nil {
+		return fmt.Errorf("BLKBSZSET %d: %w", bs, err)
+	}
+	return nil
 }
 
 // openDev opens a loop device node, creating it when udev has not (in

@@ -1,6 +1,7 @@
 package loop
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,7 +12,7 @@ import (
 )
 
 func TestValidBlockSize(t *testing.T) {
-	for size, want := range map[int]bool{512: true, 1024: true, 2048: true, 4096: true, 128: false, 513: false, 8192: os.Getpagesize() >= 8192, 1 << 20: false} {
+	for size, want := range map[int]bool{512: true, 1024: true, 2048: true, 4096: true, 128: false, 513: false, 8192: true, 1 << 20: true, 1 << 31: false, 12288: false} {
 		if got := ValidBlockSize(size); got != want {
 			t.Errorf("ValidBlockSize(%d) = %v", size, got)
 		}
@@ -57,8 +58,17 @@ func TestAttachRelease(t *testing.T) {
 	if Bound(d.Num) {
 		t.Error("device still bound after Release")
 	}
-	if _, err := Attach(f, Options{BlockSize: 8192 * 2}); err == nil {
-		t.Error("block size 16384 accepted")
+	// The kernel decides; none presents 1 MiB blocks.
+	f, err = os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if d, err := Attach(f, Options{BlockSize: 1 << 20, DirectIO: true}); !errors.Is(err, ErrBlockSize) {
+		if err == nil {
+			d.Release(time.Second)
+		}
+		t.Errorf("block size 1 MiB: %v, want ErrBlockSize", err)
 	}
 }
 
