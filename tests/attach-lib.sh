@@ -93,3 +93,36 @@ copy_tree() {
 		cp -r "$GOROOT_SRC/$p" "$dst/$(dirname $p)/"
 	done
 }
+
+# stat_matches UNIT FILE: vdisk stat of the unit agrees with stat(1) of
+# the file on every field, times to the nanosecond; prints "stat matches"
+# or both views.
+stat_matches() {
+	$VDISK stat --output json "$1" | jq -r 'def ns: "\(.sec).\(.nsec | tostring | ("000000000" + .)[-9:])";
+		"\(.dev) \(.ino) \(.mode) \(.nlink) \(.uid) \(.gid) \(.size) \(.blocks) \(.atime | ns) \(.mtime | ns) \(.ctime | ns)"' >stat.vdisk
+	local d i f rest
+	read -r d i f rest < <(stat -c '%d %i %f %h %u %g %s %b %.9X %.9Y %.9Z' "$2")
+	echo "$d $i $((16#$f)) $rest" >stat.1
+	cmp -s stat.vdisk stat.1 && echo "stat matches" || { echo "stat differs:"; cat stat.vdisk stat.1; }
+}
+
+# our_loops: how many loop devices are bound to files under our state
+# directory.
+our_loops() { cat /sys/block/loop*/loop/backing_file 2>/dev/null | grep -c "^$VDISK_STATE_DIR/"; }
+
+# run_fio DEV: several jobs write and verify (crc32c) at once; prints
+# fio's exit status, the jobs' error numbers and how many verified all
+# they wrote.
+run_fio() {
+	fio --name=verify --filename="$1" --ioengine=libaio --direct=1 --iodepth=16 \
+		--rw=randwrite --bsrange=4k-256k --numjobs=4 --size=8M --offset_increment=8M \
+		--verify=crc32c --verify_fatal=1 --do_verify=1 --randseed=1 \
+		--output-format=terse --terse-version=3 >fio.out 2>fio.err
+	local rc=$?
+	# terse field 5 is the job's error number.
+	grep -v '^fio:' fio.out >fio.terse
+	echo "fio exit $rc, job errors: $(cut -d';' -f5 fio.terse | sort -u | tr '\n' ' ')"
+	# Field 6 is the KiB read back, the verify pass: every job read all it wrote.
+	awk -F';' '$6 == 8192 {n++} END {print n " jobs verified 8 MiB each"}' fio.terse
+	[ $rc -eq 0 ] || cat fio.err
+}
