@@ -73,6 +73,17 @@ func TestReadWriteFlushDiscard(t *testing.T) {
 	if n := e.Stats.WriteBytes.Load(); n != 8<<20 {
 		t.Errorf("bytes written counter %d", n)
 	}
+	// Each 1 MiB write arrives in one piece.
+	if n := e.Stats.Writes.Load(); n != 8 {
+		t.Errorf("8 writes of 1 MiB arrived as %d requests", n)
+	}
+	reads := e.Stats.Reads.Load()
+	if _, err := f.ReadAt(got, 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.Stats.Reads.Load() - reads; n != 1 {
+		t.Errorf("a read of 1 MiB arrived as %d requests", n)
+	}
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
