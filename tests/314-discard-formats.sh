@@ -24,7 +24,10 @@ for img in disk.qcow2 disk.vhd disk.raw; do
 	[ "$after" -le $((before - 8000)) ] && echo "file gave back 8 MiB" || echo "file: $before KiB before, $after KiB after"
 	cmp -i 1048576:0 -n 8388608 "$dev" /dev/zero && echo "discarded range reads zeros"
 	if [ $img = disk.qcow2 ]; then
-		qemu-img map -U --output=json $img | jq -r '.[] | select(.start < 16777216) | "\(.start) +\(.length) data=\(.data) zero=\(.zero)"'
+		# Runs of one status, whatever the order the clusters were allocated in.
+		qemu-img map -U --output=json $img | jq -r 'reduce .[] as $e ([];
+			if length > 0 and .[-1].data == $e.data and .[-1].zero == $e.zero then .[-1].length += $e.length else . + [$e] end)
+			| .[] | select(.start < 16777216) | "\(.start) +\(.length) data=\(.data) zero=\(.zero)"'
 	fi
 	echo "=== $img: fstrim"
 	mkfs.ext4 -q -E nodiscard "$dev"
