@@ -166,8 +166,10 @@ func openImage(a *ctl.AttachArgs, peer *unix.Ucred) (img block.Image, path, form
 			}
 		}
 	}
+	// The loop device caches what it reads and writes; the image file's
+	// page cache would hold a second copy.
 	img, err = block.Open(path, block.OpenOptions{Format: a.Format, ReadOnly: a.ReadOnly, CacheSize: a.CacheSize,
-		L2CacheSize: a.L2CacheSize, RefcountCacheSize: a.RefcountCacheSize})
+		L2CacheSize: a.L2CacheSize, RefcountCacheSize: a.RefcountCacheSize, NoCache: true})
 	if err != nil {
 		if strings.Contains(err.Error(), "read-only file system") {
 			return nil, "", "", withErrno(syscall.EROFS, "%s: %v; use -r to attach it read-only", a.File, err)

@@ -38,6 +38,12 @@ type OpenOptions struct {
 	// chain); 0 keeps the driver's default. Formats without such caches
 	// ignore them.
 	L2CacheSize, RefcountCacheSize int64
+	// NoCache is QEMU's cache.direct=on (cache=none): reads and writes
+	// of the image's local files that meet their direct I/O alignment
+	// bypass the host page cache, so that data served to a cache of its
+	// own (an attached block device) is not cached twice. Other I/O stays
+	// buffered. Backing and data files inherit it.
+	NoCache bool
 	// Unsafe is QEMU's cache=unsafe, qemu-img convert's default for its
 	// target: Flush and Close need not make data durable. For scratch
 	// copies that can be redone after a crash. Drivers may ignore it.
@@ -65,6 +71,9 @@ type OpenFlags struct {
 	ForceShare bool
 	// Create makes a new, empty container, replacing an existing one.
 	Create bool
+	// NoCache asks for direct I/O where it is aligned (OpenOptions.NoCache);
+	// protocols without a page cache ignore it.
+	NoCache bool
 }
 
 // Protocol opens containers by name: a local file, an NBD URI.
@@ -139,7 +148,7 @@ func Open(name string, opts OpenOptions) (Image, error) {
 		}
 		format = f
 	}
-	f, err := OpenFile(name, OpenFlags{ReadOnly: opts.ReadOnly, ForceShare: opts.ForceShare})
+	f, err := OpenFile(name, OpenFlags{ReadOnly: opts.ReadOnly, ForceShare: opts.ForceShare, NoCache: opts.NoCache})
 	if err != nil {
 		return nil, err
 	}
@@ -271,6 +280,7 @@ func OpenBacking(imageName, backing, format string, parent *OpenOptions) (Image,
 		Format:     format,
 		ReadOnly:   true,
 		ForceShare: parent.ForceShare,
+		NoCache:    parent.NoCache,
 		Depth:      parent.Depth + 1,
 		Chain:      parent.Chain,
 	})
