@@ -48,26 +48,7 @@ dd if=/dev/zero bs=4k count=1 seek=10 oflag=direct status=none 2>&1 >&7 | sed 's
 exec 7>&-
 qemu-img check disk.qcow2 2>&1 | head -1
 echo "=== forced detach while mounted and being written"
-attach -f qcow2 disk.qcow2
-mkfs.ext4 -q "$dev"
-mnt "$dev" mnt
-# Rewrites a few copies of a tree and syncs, until the device fails it.
-(
-	i=0
-	while [ $i -lt 5000 ] && cp -rT "$GOROOT_SRC/strings" mnt/w$((i % 8)) 2>/dev/null && sync -f mnt/w0 2>/dev/null; do
-		i=$((i + 1))
-	done
-	echo $i >progress
-) &
-writer=$!
-sleep 0.5
-$VDISK detach -f "$unit" && echo "forced detach ok"
-wait_gone "$writer" || kill "$writer"
-wait "$writer" 2>/dev/null
-[ "$(cat progress)" -lt 5000 ] && echo "the writer was stopped by the detach"
-umount mnt 2>/dev/null || umount -l mnt
-for _ in $(seq 200); do loop_bound "$dev" || break; sleep 0.05; done
-loop_bound "$dev" && echo "loop device still bound" || echo "loop device released"
+detach_while_writing -f qcow2 disk.qcow2
 qemu-img check disk.qcow2 >check.log 2>&1 && echo "qemu-img check clean" || cat check.log
 echo "=== truncated and invalid images"
 head -c 1000 disk.qcow2 >trunc.qcow2

@@ -48,26 +48,7 @@ exec 7>&-
 qemu-img convert -f vpc -O raw disk.vhd after.raw && echo "qemu-img reads the image"
 vhdiinfo disk.vhd >/dev/null && echo "libvhdi reads the image"
 echo "=== forced detach while mounted and being written"
-attach -f vhd disk.vhd
-mkfs.ext4 -q "$dev"
-mnt "$dev" mnt
-# Rewrites a few copies of a tree and syncs, until the device fails it.
-(
-	i=0
-	while [ $i -lt 5000 ] && cp -rT "$GOROOT_SRC/strings" mnt/w$((i % 8)) 2>/dev/null && sync -f mnt/w0 2>/dev/null; do
-		i=$((i + 1))
-	done
-	echo $i >progress
-) &
-writer=$!
-sleep 0.5
-$VDISK detach -f "$unit" && echo "forced detach ok"
-wait_gone "$writer" || kill "$writer"
-wait "$writer" 2>/dev/null
-[ "$(cat progress)" -lt 5000 ] && echo "the writer was stopped by the detach"
-umount mnt 2>/dev/null || umount -l mnt
-for _ in $(seq 200); do loop_bound "$dev" || break; sleep 0.05; done
-loop_bound "$dev" && echo "loop device still bound" || echo "loop device released"
+detach_while_writing -f vhd disk.vhd
 $VDISK check disk.vhd >check.log 2>&1 && echo "vdisk check clean" || cat check.log
 echo "=== truncated and invalid images"
 head -c 1000 disk.vhd >trunc.vhd

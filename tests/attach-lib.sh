@@ -126,3 +126,29 @@ run_fio() {
 	awk -F';' '$6 == 8192 {n++} END {print n " jobs verified 8 MiB each"}' fio.terse
 	[ $rc -eq 0 ] || cat fio.err
 }
+
+# detach_while_writing ATTACH-ARGS...: attaches, makes and mounts a file
+# system, and detaches by force while a writer rewrites a few copies of a
+# tree and syncs; prints what happened. The image is then the caller's to
+# check.
+detach_while_writing() {
+	attach "$@"
+	mkfs.ext4 -q "$dev"
+	mnt "$dev" mnt
+	(
+		i=0
+		while [ $i -lt 5000 ] && cp -rT "$GOROOT_SRC/strings" mnt/w$((i % 8)) 2>/dev/null && sync -f mnt/w0 2>/dev/null; do
+			i=$((i + 1))
+		done
+		echo $i >progress
+	) &
+	local writer=$!
+	sleep 0.5
+	$VDISK detach -f "$unit" && echo "forced detach ok"
+	wait_gone "$writer" || kill "$writer"
+	wait "$writer" 2>/dev/null
+	[ "$(cat progress)" -lt 5000 ] && echo "the writer was stopped by the detach"
+	umount mnt 2>/dev/null || umount -l mnt
+	for _ in $(seq 200); do loop_bound "$dev" || break; sleep 0.05; done
+	loop_bound "$dev" && echo "loop device still bound" || echo "loop device released"
+}

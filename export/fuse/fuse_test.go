@@ -115,35 +115,7 @@ func TestKillFailsIO(t *testing.T) {
 			name = "passthrough"
 		}
 		t.Run(name, func(t *testing.T) {
-			needFUSE(t)
-			path := filepath.Join(t.TempDir(), "disk.raw")
-			if err := os.WriteFile(path, make([]byte, 1<<20), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			bf, err := file.Open(path, block.OpenFlags{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			img, err := raw.Open(bf, &block.OpenOptions{Format: "raw"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer img.Close()
-			var opts Options
-			if pt {
-				ptf, err := os.OpenFile(path, os.O_RDWR, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer ptf.Close()
-				opts.Passthrough = ptf
-			}
-			e := mount(t, img, opts)
-			f, err := os.OpenFile(e.Path(), os.O_RDWR, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
+			e, _, f := rawExport(t, pt, nil)
 			if _, err := f.WriteAt([]byte("hello"), 0); err != nil {
 				t.Fatal(err)
 			}
@@ -172,9 +144,10 @@ func TestReadOnly(t *testing.T) {
 	f.Close()
 }
 
-// rawExport mounts a 1 MiB raw image file for passthrough; backing, if
-// not nil, is offered to the kernel at open instead of the image file.
-func rawExport(t *testing.T, backing *os.File) (*Export, block.Image, *os.File) {
+// rawExport mounts a 1 MiB raw image file, for passthrough if pt, and
+// opens the FUSE file; backing, if not nil, is offered to the kernel at
+// open instead of the image file.
+func rawExport(t *testing.T, pt bool, backing *os.File) (*Export, block.Image, *os.File) {
 	t.Helper()
 	needFUSE(t)
 	path := filepath.Join(t.TempDir(), "disk.raw")
@@ -190,12 +163,16 @@ func rawExport(t *testing.T, backing *os.File) (*Export, block.Image, *os.File) 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { img.Close() })
-	ptf, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
+	opts := Options{backing: backing}
+	if pt {
+		ptf, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ptf.Close() })
+		opts.Passthrough = ptf
 	}
-	t.Cleanup(func() { ptf.Close() })
-	e := mount(t, img, Options{Passthrough: ptf, backing: backing})
+	e := mount(t, img, opts)
 	f, err := os.OpenFile(e.Path(), os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -205,7 +182,7 @@ func rawExport(t *testing.T, backing *os.File) (*Export, block.Image, *os.File) 
 }
 
 func TestPassthroughReported(t *testing.T) {
-	e, _, f := rawExport(t, nil)
+	e, _, f := rawExport(t, true, nil)
 	if !e.Passthrough() {
 		t.Fatal("kernel with FUSE passthrough: passthrough not reported")
 	}
@@ -228,7 +205,7 @@ func TestPassthroughRefusedAtOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer devnull.Close()
-	e, img, f := rawExport(t, devnull)
+	e, img, f := rawExport(t, true, devnull)
 	if e.Passthrough() {
 		t.Error("passthrough reported for a handle the kernel refused")
 	}

@@ -78,7 +78,14 @@ var errFallback = errors.New("direct I/O refused")
 
 // readAt reads p at off with O_DIRECT. A short read means the end of the
 // file, as for os.File.ReadAt.
-func (d *direct) readAt(p []byte, off int64) (int, error) {
+func (d *direct) readAt(p []byte, off int64) (int, error) { return d.transfer(p, off, false) }
+
+// writeAt writes p at off with O_DIRECT.
+func (d *direct) writeAt(p []byte, off int64) (int, error) { return d.transfer(p, off, true) }
+
+// transfer moves p to or from the file at off, through bounce buffers
+// where p's memory is not aligned.
+func (d *direct) transfer(p []byte, off int64, write bool) (int, error) {
 	done := 0
 	for done < len(p) {
 		buf := p[done:]
@@ -86,10 +93,21 @@ func (d *direct) readAt(p []byte, off int64) (int, error) {
 		if !d.memAligned(buf) {
 			bp = d.bounce()
 			buf = (*bp)[:min(len(buf), directChunk)]
+			if write {
+				copy(buf, p[done:])
+			}
 		}
-		n, err := pread(int(d.f.Fd()), buf, off+int64(done))
+		var n int
+		var err error
+		if write {
+			n, err = pwrite(int(d.f.Fd()), buf, off+int64(done))
+		} else {
+			n, err = pread(int(d.f.Fd()), buf, off+int64(done))
+		}
 		if bp != nil {
-			copy(p[done:], buf[:max(n, 0)])
+			if !write {
+				copy(p[done:], buf[:max(n, 0)])
+			}
 			bouncePool.Put(bp)
 		}
 		if err != nil {
@@ -100,37 +118,13 @@ func (d *direct) readAt(p []byte, off int64) (int, error) {
 		}
 		done += n
 		if n < len(buf) {
-			return done, io.EOF
-		}
-	}
-	return done, nil
-}
-
-// writeAt writes p at off with O_DIRECT.
-func (d *direct) writeAt(p []byte, off int64) (int, error) {
-	done := 0
-	for done < len(p) {
-		buf := p[done:]
-		var bp *[]byte
-		if !d.memAligned(buf) {
-			bp = d.bounce()
-			buf = (*bp)[:min(len(buf), directChunk)]
-			copy(buf, p[done:])
-		}
-		n, err := pwrite(int(d.f.Fd()), buf, off+int64(done))
-		if bp != nil {
-			bouncePool.Put(bp)
-		}
-		if err != nil {
-			if done == 0 && errors.Is(err, unix.EINVAL) {
-				return 0, errFallback
+			if write && n == 0 {
+				return done, io.ErrShortWrite
 			}
-			return done, err
+			if !write {
+				return done, io.EOF
+			}
 		}
-		if n == 0 {
-			return done, io.ErrShortWrite
-		}
-		done += n
 	}
 	return done, nil
 }
