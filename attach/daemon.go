@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -59,11 +60,8 @@ func New(cfg Config) (*Daemon, error) {
 		d.log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	dir := cfg.StateDir
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("state directory: %w", err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("state directory: %w", err)
+	if err := PrepareStateDir(dir); err != nil {
+		return nil, err
 	}
 	lk, err := os.OpenFile(filepath.Join(dir, ctl.LockName), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
@@ -90,6 +88,46 @@ func New(cfg Config) (*Daemon, error) {
 	os.WriteFile(filepath.Join(dir, ctl.PIDName), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600)
 	d.saveState()
 	return d, nil
+}
+
+// PrepareStateDir makes dir fit to be a state directory. A missing one is
+// created with mode 0700. An existing one is used as it is, never
+// chmodded, since the name may be a shared directory such as /tmp: it must
+// be a real directory (not a symlink), owned by this user, and not
+// writable by group or others, who could otherwise replace the socket or
+// the FUSE mount points in it.
+func PrepareStateDir(dir string) error {
+	dir = filepath.Clean(dir)
+	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+			return fmt.Errorf("state directory: %w", err)
+		}
+		err := os.Mkdir(dir, 0o700)
+		if err == nil {
+			// The umask may have taken bits; this directory is ours.
+			err = os.Chmod(dir, 0o700)
+		} else if errors.Is(err, os.ErrExist) {
+			err = nil // made by a concurrent start; checked below
+		}
+		if err != nil {
+			return fmt.Errorf("state directory: %w", err)
+		}
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
+		return fmt.Errorf("state directory %s: %w", dir, err)
+	}
+	switch {
+	case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+		return fmt.Errorf("state directory %s is a symbolic link; name the directory itself", dir)
+	case st.Mode&unix.S_IFMT != unix.S_IFDIR:
+		return fmt.Errorf("state directory %s is not a directory", dir)
+	case int(st.Uid) != os.Geteuid():
+		return fmt.Errorf("state directory %s is owned by uid %d, not by this user (uid %d)", dir, st.Uid, os.Geteuid())
+	case st.Mode&0o022 != 0:
+		return fmt.Errorf("state directory %s is writable by group or others (mode %04o); use a private directory (mode 0700)", dir, st.Mode&0o7777)
+	}
+	return nil
 }
 
 // Serve answers requests until ctx ends, then detaches every unit
@@ -348,9 +386,11 @@ func (d *Daemon) attach(a *ctl.AttachArgs, cred *unix.Ucred) (_ *Unit, err error
 	if secbits == 0 {
 		secbits = 9
 	}
-	if secbits < 0 || secbits > 30 || !loop.ValidBlockSize(1<<secbits) {
-		return nil, withErrno(syscall.EINVAL, "sector size 2^%d is not supported: the loop driver presents 512 to %d bytes (-s 9 to %d)",
-			a.SecBits, os.Getpagesize(), log2(os.Getpagesize()))
+	if secbits < 9 {
+		return nil, withErrno(syscall.EINVAL, "sector size 2^%d is not supported: the loop driver presents 512 bytes or more (-s 9 and up)", a.SecBits)
+	}
+	if secbits > 30 || !loop.ValidBlockSize(1<<secbits) {
+		return nil, withErrno(syscall.EINVAL, "sector size 2^%d is not supported", a.SecBits)
 	}
 	id, err := d.reserve(a.Unit)
 	if err != nil {
@@ -418,6 +458,9 @@ func (d *Daemon) attach(a *ctl.AttachArgs, cred *unix.Ucred) (_ *Unit, err error
 	}
 	defer f.Close()
 	u.dev, err = loop.Attach(f, loop.Options{ReadOnly: a.ReadOnly, BlockSize: 1 << secbits, DirectIO: true})
+	if errors.Is(err, loop.ErrBlockSize) {
+		return nil, withErrno(syscall.EINVAL, "sector size 2^%d (%d bytes) is not supported by this kernel's loop driver", secbits, 1<<secbits)
+	}
 	if err != nil {
 		return nil, withErrno(errnoFromSys(err), "%s: %v", u.Name(), err)
 	}
@@ -425,15 +468,6 @@ func (d *Daemon) attach(a *ctl.AttachArgs, cred *unix.Ucred) (_ *Unit, err error
 	d.log.Info("attached", "unit", u.Name(), "device", u.dev.Path, "file", u.File, "format", u.Format,
 		"read-only", u.ReadOnly, "sector-size", 1<<secbits, "passthrough", u.export.Passthrough(), "direct-io", u.dev.DirectIO)
 	return u, nil
-}
-
-func log2(n int) int {
-	b := 0
-	for n > 1 {
-		n >>= 1
-		b++
-	}
-	return b
 }
 
 // reserve claims a unit number: the one asked for, or the lowest free.

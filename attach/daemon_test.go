@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -80,8 +81,10 @@ func TestDaemonUnits(t *testing.T) {
 	if _, err := c.Attach(ctl.AttachArgs{MemSize: 1 << 20, Unit: "vd2"}); !errors.Is(err, syscall.EBUSY) {
 		t.Errorf("attach to a unit in use: %v, want EBUSY", err)
 	}
-	if _, err := c.Attach(ctl.AttachArgs{MemSize: 1 << 20, SecBits: 13}); !errors.Is(err, syscall.EINVAL) {
-		t.Errorf("attach with secbits 13: %v, want EINVAL", err)
+	for _, secbits := range []int{7, 20} {
+		if _, err := c.Attach(ctl.AttachArgs{MemSize: 1 << 20, SecBits: secbits}); !errors.Is(err, syscall.EINVAL) {
+			t.Errorf("attach with secbits %d: %v, want EINVAL", secbits, err)
+		}
 	}
 	if _, err := c.Detach("vd9", false); !errors.Is(err, syscall.ENXIO) {
 		t.Errorf("detach of a free unit: %v, want ENXIO", err)
@@ -149,5 +152,73 @@ func TestDaemonStatRelative(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(c.StateDir, ctl.FUSEDir, "vd5")); err == nil {
 		t.Error("failed attach left its FUSE directory")
+	}
+}
+
+// A state directory the daemon did not make is used as it is or refused,
+// never chmodded: --state-dir /tmp must not lock everyone else out of /tmp.
+func TestStateDirRefused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("daemon tests need root (CI runs as root)")
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	base := t.TempDir()
+	shared := filepath.Join(base, "shared")
+	os.Mkdir(shared, 0o700)
+	os.Chmod(shared, os.ModeSticky|0o777)
+	other := filepath.Join(base, "other")
+	os.Mkdir(other, 0o700)
+	os.Chown(other, 65534, 65534)
+	group := filepath.Join(base, "group")
+	os.Mkdir(group, 0o700)
+	os.Chmod(group, 0o770)
+	link := filepath.Join(base, "link")
+	private := filepath.Join(base, "private")
+	os.Mkdir(private, 0o700)
+	os.Symlink(private, link)
+	file := filepath.Join(base, "file")
+	os.WriteFile(file, nil, 0o600)
+	for _, c := range []struct {
+		dir, want string
+		mode      os.FileMode
+	}{
+		{shared, "writable by group or others (mode 1777)", os.ModeDir | os.ModeSticky | 0o777},
+		{other, "owned by uid 65534", os.ModeDir | 0o700},
+		{group, "writable by group or others (mode 0770)", os.ModeDir | 0o770},
+		{link, "symbolic link", os.ModeSymlink | 0o777},
+		{file, "not a directory", 0o600},
+	} {
+		d, err := New(Config{StateDir: c.dir, Log: quiet})
+		if err == nil {
+			d.Shutdown()
+			d.ln.Close()
+			t.Errorf("%s accepted as a state directory", c.dir)
+		} else if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.dir, err, c.want)
+		}
+		if st, err := os.Lstat(c.dir); err != nil || st.Mode() != c.mode {
+			t.Errorf("%s: mode changed to %v (%v), want %v", c.dir, st.Mode(), err, c.mode)
+		}
+		if ents, _ := os.ReadDir(c.dir); len(ents) != 0 && c.dir != link {
+			t.Errorf("%s: files left in a refused directory: %v", c.dir, ents)
+		}
+	}
+	// A private directory of ours is used without a change of mode; a
+	// missing one is made with its parents, mode 0700.
+	os.Chmod(private, 0o750)
+	made := filepath.Join(base, "a", "b", "state")
+	for _, dir := range []string{private, made} {
+		d, err := New(Config{StateDir: dir, Log: quiet})
+		if err != nil {
+			t.Fatalf("%s: %v", dir, err)
+		}
+		d.ln.Close()
+		d.Shutdown()
+	}
+	if st, _ := os.Stat(private); st.Mode().Perm() != 0o750 {
+		t.Errorf("existing private directory chmodded to %v", st.Mode())
+	}
+	if st, _ := os.Stat(made); st.Mode().Perm() != 0o700 {
+		t.Errorf("new state directory has mode %v, want 0700", st.Mode())
 	}
 }

@@ -84,6 +84,17 @@ func (u *Unit) info() ctl.UnitInfo {
 			BytesRead: s.ReadBytes.Load(), BytesWritten: s.WriteBytes.Load(),
 			Flushes: s.Flushes.Load(), Discards: s.Discards.Load(), Errors: s.Errors.Load(),
 		}
+		if in.Passthrough && u.dev != nil {
+			// Passthrough reads and writes go from the kernel to the image
+			// file without reaching the server; the block layer counts them.
+			if st, err := u.dev.IOStat(); err == nil {
+				c := &in.Counters
+				c.Reads += st.Reads
+				c.Writes += st.Writes
+				c.BytesRead += st.ReadBytes
+				c.BytesWritten += st.WriteBytes
+			}
+		}
 	}
 	return in
 }
@@ -155,8 +166,10 @@ func openImage(a *ctl.AttachArgs, peer *unix.Ucred) (img block.Image, path, form
 			}
 		}
 	}
+	// The loop device caches what it reads and writes; the image file's
+	// page cache would hold a second copy.
 	img, err = block.Open(path, block.OpenOptions{Format: a.Format, ReadOnly: a.ReadOnly, CacheSize: a.CacheSize,
-		L2CacheSize: a.L2CacheSize, RefcountCacheSize: a.RefcountCacheSize})
+		L2CacheSize: a.L2CacheSize, RefcountCacheSize: a.RefcountCacheSize, NoCache: true})
 	if err != nil {
 		if strings.Contains(err.Error(), "read-only file system") {
 			return nil, "", "", withErrno(syscall.EROFS, "%s: %v; use -r to attach it read-only", a.File, err)
@@ -273,7 +286,7 @@ func (u *Unit) stat() (*ctl.FileStat, error) {
 	}
 	if !done {
 		if u.statFile == nil {
-			return nil, withErrno(syscall.ENOENT, "%s: a RAM disk has no image file", u.Name())
+			return nil, u.noFile()
 		}
 		if err := unix.Fstat(int(u.statFile.Fd()), &st); err != nil {
 			return nil, withErrno(errnoFromSys(err), "%s: fstat: %v", u.Name(), err)
@@ -286,6 +299,21 @@ func (u *Unit) stat() (*ctl.FileStat, error) {
 		Mtime: ctl.Timespec{Sec: st.Mtim.Sec, Nsec: st.Mtim.Nsec},
 		Ctime: ctl.Timespec{Sec: st.Ctim.Sec, Nsec: st.Ctim.Nsec},
 	}, nil
+}
+
+// noFile explains why a unit has no image file to stat.
+func (u *Unit) noFile() error {
+	switch {
+	case u.Path == "":
+		return withErrno(syscall.ENOENT, "%s: a RAM disk has no image file", u.Name())
+	case strings.HasPrefix(u.Path, "nbd"):
+		return withErrno(syscall.EINVAL, "%s: the image is an NBD export (%s); it has no local file", u.Name(), u.File)
+	case strings.HasPrefix(u.Path, "mem:"):
+		return withErrno(syscall.ENOENT, "%s: the image is a RAM disk (%s); it has no image file", u.Name(), u.File)
+	case block.IsLocalName(u.Path):
+		return withErrno(syscall.ENOENT, "%s: the image file %s could not be opened at attach", u.Name(), u.File)
+	}
+	return withErrno(syscall.EINVAL, "%s: the image (%s) is not a local file", u.Name(), u.File)
 }
 
 // detach takes the unit down. A normal detach lets the loop device write

@@ -3,7 +3,8 @@
 # way without an nbd module (qemu-nbd + nbdfuse + loop) and with a plain
 # loop device on the raw file (the limit). fio, libaio, direct=1:
 # 4 KiB random read and write at queue depth 32, 1 MiB sequential read and
-# write. For raw images, and for qcow2 when vdisk can open it.
+# write. For raw images and for a qcow2 copy; any attach that fails ends
+# the run with an error.
 #
 #   usage: bench/attach.sh [VDISK-BINARY]    (root; env SIZE=1G RUNTIME=10)
 set -euo pipefail
@@ -62,11 +63,18 @@ bench_dev() {
 	echo "  $1 done" >&2
 }
 
+# vdisk_attach ARGS...: prints the device; a failed attach ends the run
+# with vdisk's message, since a missing column would hide a regression.
 vdisk_attach() {
 	local out
 	# The daemon it may start keeps no descriptor of ours: a command
-	# substitution would otherwise wait for it.
-	out=$("$VDISK" attach "$@" 2>/dev/null </dev/null)
+	# substitution would otherwise wait for it. Its notice on stderr is
+	# dropped; errors are not.
+	if ! out=$("$VDISK" attach "$@" 2>"$DIR/attach.err" </dev/null) || [ -z "$out" ]; then
+		echo "bench: vdisk attach $* failed:" >&2
+		grep -v 'started one in the background' "$DIR/attach.err" >&2
+		exit 1
+	fi
 	echo "${out#* }"
 }
 
@@ -122,20 +130,16 @@ loops+=("$dev")
 bench_dev loop "$dev"
 losetup -d "$dev"
 
-cols=(vdisk vdisk-us qemu loop)
-qcow2=no
 qemu-img convert -f raw -O qcow2 "$DIR/disk.raw" "$DIR/disk.qcow2"
-if dev=$(vdisk_attach -f qcow2 "$DIR/disk.qcow2") && [ -n "$dev" ]; then
-	qcow2=yes
-	echo "vdisk (qcow2)" >&2
-	bench_dev vdisk-q "$dev"
-	vdisk_detach "$dev"
-	echo "qemu-nbd + nbdfuse + loop (qcow2)" >&2
-	qemu_path qcow2 "$DIR/disk.qcow2"
-	bench_dev qemu-q "$dev"
-	qemu_done "$dev"
-	cols+=(vdisk-q qemu-q)
-fi
+echo "vdisk (qcow2)" >&2
+dev=$(vdisk_attach -f qcow2 "$DIR/disk.qcow2")
+bench_dev vdisk-q "$dev"
+vdisk_detach "$dev"
+echo "qemu-nbd + nbdfuse + loop (qcow2)" >&2
+qemu_path qcow2 "$DIR/disk.qcow2"
+bench_dev qemu-q "$dev"
+qemu_done "$dev"
+cols=(vdisk vdisk-us qemu loop vdisk-q qemu-q)
 
 echo
 echo "fio libaio direct=1, $SIZE image, ${RUNTIME}s per run; 4k: IOPS, 1M: MiB/s"
@@ -143,11 +147,11 @@ echo "vdisk    = vdisk attach, raw (FUSE passthrough: $passthrough)"
 echo "vdisk-us = vdisk attach, raw, --no-passthrough (every request served by vdisk)"
 echo "qemu     = qemu-nbd --cache=none --aio=native + nbdfuse + loop (direct-io)"
 echo "loop     = losetup --direct-io=on on the raw file (the limit)"
-[ $qcow2 = yes ] && echo "vdisk-q / qemu-q = the same for a qcow2 copy of the image"
+echo "vdisk-q / qemu-q = the same for a qcow2 copy of the image"
 printf "%-22s" workload
 for c in "${cols[@]}"; do printf "%10s" "$c"; done
 printf "%12s%12s" "vdisk/qemu" "vdisk/loop"
-[ $qcow2 = yes ] && printf "%16s" "vdisk-q/qemu-q"
+printf "%16s" "vdisk-q/qemu-q"
 printf "%15s\n" "vdisk-us/qemu"
 i=0
 for w in "${workloads[@]}"; do
@@ -155,7 +159,7 @@ for w in "${workloads[@]}"; do
 	for c in "${cols[@]}"; do printf "%10s" "${res[$c,$i]}"; done
 	ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
 	printf "%12s%12s" "$(ratio "${res[vdisk,$i]}" "${res[qemu,$i]}")" "$(ratio "${res[vdisk,$i]}" "${res[loop,$i]}")"
-	[ $qcow2 = yes ] && printf "%16s" "$(ratio "${res[vdisk-q,$i]}" "${res[qemu-q,$i]}")"
+	printf "%16s" "$(ratio "${res[vdisk-q,$i]}" "${res[qemu-q,$i]}")"
 	printf "%15s\n" "$(ratio "${res[vdisk-us,$i]}" "${res[qemu,$i]}")"
 	i=$((i + 1))
 done

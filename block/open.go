@@ -38,6 +38,12 @@ type OpenOptions struct {
 	// chain); 0 keeps the driver's default. Formats without such caches
 	// ignore them.
 	L2CacheSize, RefcountCacheSize int64
+	// NoCache is QEMU's cache.direct=on (cache=none): reads and writes
+	// of the image's local files that meet their direct I/O alignment
+	// bypass the host page cache, so that data served to a cache of its
+	// own (an attached block device) is not cached twice. Other I/O stays
+	// buffered. Backing and data files inherit it.
+	NoCache bool
 	// Unsafe is QEMU's cache=unsafe, qemu-img convert's default for its
 	// target: Flush and Close need not make data durable. For scratch
 	// copies that can be redone after a crash. Drivers may ignore it.
@@ -65,6 +71,9 @@ type OpenFlags struct {
 	ForceShare bool
 	// Create makes a new, empty container, replacing an existing one.
 	Create bool
+	// NoCache asks for direct I/O where it is aligned (OpenOptions.NoCache);
+	// protocols without a page cache ignore it.
+	NoCache bool
 	// LockLater leaves QEMU's image locks to a call of Locker.Lock, for
 	// an opener that must read the container (probe its format) before it
 	// knows which locks to take. Ignored with Create.
@@ -173,7 +182,7 @@ func Open(name string, opts OpenOptions) (Image, error) {
 		}
 		format = f
 	}
-	f, err := OpenFile(name, OpenFlags{ReadOnly: opts.ReadOnly, ForceShare: opts.ForceShare, LockLater: true})
+	f, err := OpenFile(name, OpenFlags{ReadOnly: opts.ReadOnly, ForceShare: opts.ForceShare, NoCache: opts.NoCache, LockLater: true})
 	if err != nil {
 		return nil, err
 	}
@@ -324,6 +333,7 @@ func OpenBacking(imageName, backing, format string, parent *OpenOptions) (Image,
 		Format:     format,
 		ReadOnly:   true,
 		ForceShare: parent.ForceShare,
+		NoCache:    parent.NoCache,
 		Depth:      parent.Depth + 1,
 		Chain:      parent.Chain,
 	})

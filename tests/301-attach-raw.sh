@@ -17,15 +17,16 @@ sync
 umnt mnt
 $VDISK detach "$unit" && echo "detached"
 $VDISK list --counters=false | filter
-echo "== read-only attach, fsck"
+echo "== read-only attach, fsck, the tree read back from the image"
+sync
+echo 3 >/proc/sys/vm/drop_caches
 attach -r -f raw disk.img
 fsck.ext4 -n -f "$dev" >fsck.log 2>&1 && echo "fsck clean" || cat fsck.log
+mnt "$dev" mnt ro && diff -r -x lost+found src mnt && echo "tree read back identical"
+umnt mnt
 $VDISK list --output json | jq -c '.[] | {unit, file, format, "read-only", "sector-size", "virtual-size"}'
 echo "== stat matches stat(1)"
-$VDISK stat --output json "$unit" | jq -r '"\(.size) \(.ino) \(.mode) \(.nlink) \(.uid) \(.gid) \(.blocks) \(.mtime.sec)"' >a
-read -r s i f h u g b y < <(stat -c '%s %i %f %h %u %g %b %Y' disk.img)
-echo "$s $i $((16#$f)) $h $u $g $b $y" >b
-cmp a b && echo "stat matches"
+stat_matches "$unit" disk.img
 $VDISK stat "$unit" | head -1
 $VDISK detach "$dev" && echo "detached by device"
 echo "== relative and absolute names as given"

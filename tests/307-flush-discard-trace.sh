@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # needs: root fuse qemu-img mkfs.ext4 blkdiscard fstrim jq
 # Flush (fsync) and discard (blkdiscard, fstrim) on the device reach the
-# image; --trace logs each request; counters count them.
+# image; --trace logs each request; counters count them, passthrough I/O
+# (which never reaches the daemon) too.
 . "$SRC_DIR/attach-lib.sh"
 $VDISK daemon --trace 2>/dev/null
 qemu-img create -f raw disk.img 32M >/dev/null
@@ -37,3 +38,18 @@ after=$(du -k disk.img | cut -f1)
 umnt mnt
 $VDISK detach "$unit"
 $VDISK list --output json
+echo "=== counters move: passthrough raw, userspace qcow2"
+stop_daemon
+qemu-img create -f qcow2 c.qcow2 32M >/dev/null
+counters() { $VDISK list --output json | jq -r '.[0].counters | "\(.reads) \(.writes) \(."bytes-read") \(."bytes-written")"'; }
+for args in "-f raw disk.img" "-f qcow2 c.qcow2"; do
+	attach $args 2>/dev/null
+	$VDISK list --output json | jq -r '"passthrough: \(.[0].passthrough)"'
+	read -r r0 w0 br0 bw0 < <(counters)
+	dd if=/dev/urandom of="$dev" bs=1M count=4 seek=8 oflag=direct status=none
+	dd if="$dev" of=/dev/null bs=1M count=4 skip=16 iflag=direct status=none
+	read -r r1 w1 br1 bw1 < <(counters)
+	[ $((w1 - w0)) -ge 4 ] && [ $((bw1 - bw0)) -ge 4194304 ] && echo "writes and bytes written counted"
+	[ $((r1 - r0)) -ge 4 ] && [ $((br1 - br0)) -ge 4194304 ] && echo "reads and bytes read counted"
+	$VDISK detach "$unit"
+done

@@ -18,6 +18,8 @@ diff -r -x lost+found src mnt && echo "tree identical"
 sync
 umnt mnt
 fsck.ext4 -n -f "$dev" >fsck.log 2>&1 && echo "fsck clean" || cat fsck.log
+# An NBD export has no local file to stat.
+$VDISK stat "$unit"; echo "exit $?"
 $VDISK detach "$unit" && echo "detached"
 stop_serve
 qemu-img check -q disk.qcow2 && echo "disk.qcow2: check clean"

@@ -26,7 +26,8 @@ import (
 type Options struct {
 	ReadOnly bool
 	// BlockSize is the logical block size presented to the kernel: a power
-	// of two from 512 to the page size. 0 means 512.
+	// of two from 512 to what the kernel's loop driver accepts (the page
+	// size, or 64 KiB on kernels with large block sizes). 0 means 512.
 	BlockSize int
 	// DirectIO asks the loop driver to bypass the page cache of the backing
 	// file, so data is cached once (in the loop device's own cache).
@@ -40,18 +41,26 @@ type Device struct {
 	Rdev uint64
 	// DirectIO reports whether the kernel accepted direct I/O.
 	DirectIO bool
-	f        *os.File
+	// base is the kernel's I/O statistics at attach: they live as long as
+	// the loop device, across bindings.
+	base IOStat
+	f    *os.File
 	// nodes are partition device nodes we made, removed at release:
 	// partition device numbers are dynamic, and a stale node could later
 	// name another disk's partition.
 	nodes []string
 }
 
-// ValidBlockSize reports whether the loop driver can present size as its
-// logical block size.
+// ValidBlockSize reports whether size could be a logical block size: a
+// power of two of at least 512 bytes. Which ones the loop driver can
+// present depends on the kernel; LOOP_CONFIGURE says (ErrBlockSize).
 func ValidBlockSize(size int) bool {
-	return size >= 512 && size <= os.Getpagesize() && size&(size-1) == 0
+	return size >= 512 && size <= 1<<30 && size&(size-1) == 0
 }
+
+// ErrBlockSize is returned by Attach when the kernel's loop driver cannot
+// present the logical block size asked for.
+var ErrBlockSize = errors.New("the loop driver cannot present this logical block size")
 
 // Attach binds a free loop device to backing. The device keeps its own
 // reference to backing; the caller may close it afterwards.
@@ -61,7 +70,7 @@ func Attach(backing *os.File, opts Options) (*Device, error) {
 		bs = 512
 	}
 	if !ValidBlockSize(bs) {
-		return nil, fmt.Errorf("loop: logical block size %d is not supported (512 to %d, a power of two)", bs, os.Getpagesize())
+		return nil, fmt.Errorf("loop: logical block size %d: %w", bs, ErrBlockSize)
 	}
 	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -121,7 +130,16 @@ func configure(num int, backing *os.File, opts Options, bs int) (*Device, error)
 		if errors.Is(err, unix.EBUSY) {
 			return nil, err
 		}
+		if errors.Is(err, unix.EINVAL) && bs != 512 {
+			// The one argument a kernel may refuse that 512 never is.
+			return nil, fmt.Errorf("loop: logical block size %d: %w (LOOP_CONFIGURE: %w)", bs, ErrBlockSize, err)
+		}
 		return nil, fmt.Errorf("loop: LOOP_CONFIGURE %s: %w", path, err)
+	}
+	if err := initBlockSize(f, bs); err != nil && bs > os.Getpagesize() {
+		unix.IoctlSetInt(int(f.Fd()), unix.LOOP_CLR_FD, 0)
+		f.Close()
+		return nil, fmt.Errorf("loop: %s: setting the block size of its page cache: %w", path, err)
 	}
 	d := &Device{Num: num, Path: path, f: f}
 	var st unix.Stat_t
@@ -131,7 +149,70 @@ func configure(num int, backing *os.File, opts Options, bs int) (*Device, error)
 	if info, err := unix.IoctlLoopGetStatus64(int(f.Fd())); err == nil {
 		d.DirectIO = info.Flags&unix.LO_FLAGS_DIRECT_IO != 0
 	}
+	d.base, _ = readIOStat(d.Name())
 	return d, nil
+}
+
+// IOStat counts completed requests and bytes, as the block layer does.
+type IOStat struct {
+	Reads, Writes         uint64
+	ReadBytes, WriteBytes uint64
+}
+
+// IOStat is the I/O the device completed since it was attached, from
+// /sys/block/loopN/stat (whose counts include the partitions').
+func (d *Device) IOStat() (IOStat, error) {
+	now, err := readIOStat(d.Name())
+	if err != nil {
+		return IOStat{}, err
+	}
+	return IOStat{
+		Reads: now.Reads - d.base.Reads, Writes: now.Writes - d.base.Writes,
+		ReadBytes: now.ReadBytes - d.base.ReadBytes, WriteBytes: now.WriteBytes - d.base.WriteBytes,
+	}, nil
+}
+
+func readIOStat(name string) (IOStat, error) {
+	b, err := os.ReadFile(filepath.Join(sysBlock, name, "stat"))
+	if err != nil {
+		return IOStat{}, err
+	}
+	// Documentation/block/stat.rst: reads, merges, sectors, ticks, then
+	// the same for writes; sectors are 512 bytes whatever the block size.
+	f := strings.Fields(string(b))
+	if len(f) < 7 {
+		return IOStat{}, fmt.Errorf("loop: %s/stat: %d fields", name, len(f))
+	}
+	var v [7]uint64
+	for _, i := range []int{0, 2, 4, 6} {
+		if v[i], err = strconv.ParseUint(f[i], 10, 64); err != nil {
+			return IOStat{}, fmt.Errorf("loop: %s/stat: %w", name, err)
+		}
+	}
+	return IOStat{Reads: v[0], ReadBytes: v[2] * 512, Writes: v[4], WriteBytes: v[6] * 512}, nil
+}
+
+// initBlockSize gives the device's page cache the block size a first open
+// would give it. The kernel sets it from the logical block size only when
+// nobody has the device open, and ours was open across LOOP_CONFIGURE, so
+// the page cache keeps the block size of the device's previous binding:
+// with sectors larger than a page it then reads and writes pieces smaller
+// than a sector, which fail with EIO.
+func initBlockSize(f *os.File, lbs int) error {
+	var size uint64
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&size))); errno != 0 {
+		return fmt.Errorf("BLKGETSIZE64: %w", errno)
+	}
+	// As the kernel's set_init_blocksize: the logical block size, doubled
+	// up to the page size while the device size allows.
+	bs := lbs
+	for bs < os.Getpagesize() && size&uint64(bs) == 0 {
+		bs <<= 1
+	}
+	if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.BLKBSZSET, bs); err != nil {
+		return fmt.Errorf("BLKBSZSET %d: %w", bs, err)
+	}
+	return nil
 }
 
 // openDev opens a loop device node, creating it when udev has not (in
@@ -227,25 +308,72 @@ func ClearStale(num int) error {
 }
 
 // Users explains why the device is in use, or returns nil when it is not:
-// a file system mounted on it or on a partition, another block device
-// stacked on it (holders), or a process other than self holding it open.
+// a file system mounted on it or on a partition, swap, another block
+// device stacked on it (holders, or a loop device backed by it), or a
+// process other than self holding it open.
 func (d *Device) Users() []string {
 	return Users(d.Name(), d.Rdev)
 }
 
+// sysBlock is where the kernel lists block devices; tests point it at a
+// fake tree.
+var sysBlock = "/sys/block"
+
 // Users is Device.Users for a device named name (loopN) with device
 // number rdev.
+//
+// The kernel's own users (a mounted file system, swap, device mapper, md)
+// claim the device exclusively, so an O_EXCL open fails with EBUSY while
+// any of them holds it or a partition of it, even one that no scan of
+// this process's view finds (a mount in another namespace). The scans
+// run only to name the user, or, when nothing claims the device, to find
+// what claims do not show: processes holding it open and loop devices
+// backed by it.
 func Users(name string, rdev uint64) []string {
-	var why []string
 	devs := map[uint64]string{rdev: name}
-	parts, _ := filepath.Glob(filepath.Join("/sys/block", name, name+"p*"))
+	parts, _ := filepath.Glob(filepath.Join(sysBlock, name, name+"p*"))
 	for _, p := range parts {
 		if dn, err := ReadDevNum(filepath.Join(p, "dev")); err == nil {
 			devs[dn] = filepath.Base(p)
 		}
 	}
+	claimed, probed := probeClaimed(name, rdev)
+	var why []string
+	if claimed || !probed {
+		why = kernelUsers(name, parts, devs)
+	}
+	why = append(why, loopsBackedBy(devs)...)
+	if len(why) == 0 {
+		why = openers(devs)
+	}
+	if len(why) == 0 && claimed {
+		why = append(why, name+" is claimed by the kernel (a file system mounted in another namespace, swap or a stacked device)")
+	}
+	return why
+}
+
+// probeClaimed opens the device with O_EXCL, which fails with EBUSY while
+// anything claims it. probed is false when the probe could not be made
+// (no device node, or one that is not this device).
+func probeClaimed(name string, rdev uint64) (claimed, probed bool) {
+	path := "/dev/" + name
+	var st unix.Stat_t
+	if unix.Stat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK || st.Rdev != rdev {
+		return false, false
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err == nil {
+		unix.Close(fd)
+		return false, true
+	}
+	return errors.Is(err, unix.EBUSY), errors.Is(err, unix.EBUSY)
+}
+
+// kernelUsers names the claims on the device: holders, mounts, swap.
+func kernelUsers(name string, parts []string, devs map[uint64]string) []string {
+	var why []string
 	// Stacked block devices (device mapper, md) appear as holders.
-	for _, dir := range append([]string{filepath.Join("/sys/block", name)}, parts...) {
+	for _, dir := range append([]string{filepath.Join(sysBlock, name)}, parts...) {
 		hs, _ := os.ReadDir(filepath.Join(dir, "holders"))
 		for _, h := range hs {
 			why = append(why, fmt.Sprintf("%s is held by %s", filepath.Base(dir), h.Name()))
@@ -266,6 +394,49 @@ func Users(name string, rdev uint64) []string {
 			}
 		}
 	}
+	if sw, err := os.ReadFile("/proc/swaps"); err == nil {
+		for _, line := range strings.Split(string(sw), "\n")[1:] {
+			fs := strings.Fields(line)
+			if len(fs) < 2 || fs[1] != "partition" {
+				continue
+			}
+			var st unix.Stat_t
+			if unix.Stat(UnescapeMount(fs[0]), &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+				continue
+			}
+			if n, ok := devs[st.Rdev]; ok {
+				why = append(why, n+" is in use as swap")
+			}
+		}
+	}
+	return why
+}
+
+// loopsBackedBy names loop devices whose backing file is the device or a
+// partition of it: they hold it with neither a claim nor a descriptor.
+func loopsBackedBy(devs map[uint64]string) []string {
+	var why []string
+	bfs, _ := filepath.Glob(filepath.Join(sysBlock, "loop*", "loop", "backing_file"))
+	for _, bf := range bfs {
+		b, err := os.ReadFile(bf)
+		if err != nil {
+			continue
+		}
+		back := strings.TrimSpace(string(b))
+		for _, n := range devs {
+			if back == "/dev/"+n {
+				why = append(why, fmt.Sprintf("%s is the backing file of %s", n, filepath.Base(filepath.Dir(filepath.Dir(bf)))))
+			}
+		}
+	}
+	return why
+}
+
+// openers names processes other than this one with the device or a
+// partition open, through whatever node: a node outside /dev names the
+// same device.
+func openers(devs map[uint64]string) []string {
+	var why []string
 	self := os.Getpid()
 	procs, _ := os.ReadDir("/proc")
 	for _, p := range procs {
@@ -276,15 +447,18 @@ func Users(name string, rdev uint64) []string {
 		fds, _ := os.ReadDir(filepath.Join("/proc", p.Name(), "fd"))
 		for _, fd := range fds {
 			link := filepath.Join("/proc", p.Name(), "fd", fd.Name())
-			target, err := os.Readlink(link)
-			if err != nil || !strings.HasPrefix(target, "/dev/") {
+			// Sockets, pipes and anonymous inodes have no path.
+			if target, err := os.Readlink(link); err != nil || !strings.HasPrefix(target, "/") {
 				continue
 			}
-			var st unix.Stat_t
-			if unix.Stat(link, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+			// Cached attributes do: a file on a FUSE file system whose
+			// server hangs must not hang the scan.
+			var stx unix.Statx_t
+			if unix.Statx(unix.AT_FDCWD, link, unix.AT_STATX_DONT_SYNC, unix.STATX_TYPE, &stx) != nil ||
+				stx.Mode&unix.S_IFMT != unix.S_IFBLK {
 				continue
 			}
-			if n, ok := devs[st.Rdev]; ok {
+			if n, ok := devs[unix.Mkdev(stx.Rdev_major, stx.Rdev_minor)]; ok {
 				comm, _ := os.ReadFile(filepath.Join("/proc", p.Name(), "comm"))
 				why = append(why, fmt.Sprintf("%s is open by process %d (%s)", n, pid, strings.TrimSpace(string(comm))))
 				break

@@ -27,7 +27,8 @@ The partitions of an MBR or GPT table on the image appear as
 for it the daemon registers them (see vdisk rescan after repartitioning).
 
   -r          read-only everywhere: image, FUSE file and loop device
-  -s SECBITS  logical sector size 1<<SECBITS (9 = 512 … 12 = 4096)
+  -s SECBITS  logical sector size 1<<SECBITS (9 = 512, 12 = 4096; larger
+              ones as far as the kernel's loop driver presents them)
   -u UNIT     use this unit (vdN); a unit in use is an error (EBUSY)
   --mem SIZE  a RAM disk of SIZE bytes instead of a file`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -70,8 +71,12 @@ for it the daemon registers them (see vdisk rescan after repartitioning).
 				}
 				a.Dir = wd
 			}
-			if secbits != 0 && (secbits < 9 || secbits > 12) {
-				return fmt.Errorf("sector size 2^%d is not supported: the loop driver presents 512 to 4096 bytes (-s 9 to 12)", secbits)
+			// The daemon asks the loop driver about the rest.
+			if secbits != 0 && secbits < 9 {
+				return fmt.Errorf("sector size 2^%d is not supported: the loop driver presents 512 bytes or more (-s 9 and up)", secbits)
+			}
+			if secbits > 30 {
+				return fmt.Errorf("sector size 2^%d is not supported", secbits)
 			}
 			dir := ctl.StateDir(stateDir)
 			c := ctl.NewClient(dir)
@@ -93,7 +98,7 @@ for it the daemon registers them (see vdisk rescan after repartitioning).
 	f := c.Flags()
 	f.StringVarP(&format, "format", "f", "", "image format (default: probe)")
 	f.BoolVarP(&readOnly, "read-only", "r", false, "attach read-only")
-	f.IntVarP(&secbits, "secbits", "s", 0, "logical sector size as a power of two (9 = 512, 12 = 4096; 0 = 9)")
+	f.IntVarP(&secbits, "secbits", "s", 0, "logical sector size as a power of two (9 = 512, 12 = 4096, up to what the loop driver accepts; 0 = 9)")
 	f.StringVarP(&unit, "unit", "u", "", "unit to attach to (vdN)")
 	f.StringVar(&cacheSize, "cache-size", "", "read cache size in bytes (suffixes k, M, G)")
 	f.StringVar(&memSize, "mem", "", "attach a RAM disk of SIZE bytes")

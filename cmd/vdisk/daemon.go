@@ -75,8 +75,10 @@ func runDaemon(dir string, trace bool) error {
 // startDaemon runs `vdisk daemon --foreground` in a session of its own,
 // logging to STATE_DIR/daemon.log, and waits until it answers.
 func startDaemon(dir string, trace bool) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("state directory: %w", err)
+	// Before the log goes into it: a directory that must not be used
+	// gets no file of ours either.
+	if err := attach.PrepareStateDir(dir); err != nil {
+		return err
 	}
 	self, err := os.Executable()
 	if err != nil {

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestResizeFixup(t *testing.T) {
@@ -46,6 +48,23 @@ func TestExitCodes(t *testing.T) {
 	} {
 		if got := run(c.args); got != c.want {
 			t.Errorf("vdisk %v: exit %d, want %d", c.args, got, c.want)
+		}
+	}
+}
+
+func TestDevString(t *testing.T) {
+	for _, c := range []struct {
+		major, minor uint32
+		want         string
+	}{
+		{8, 1, "8,1"},
+		{0, 45, "0,45"},
+		{259, 300, "259,300"},
+		{0x12345, 0x123456, "74565,1193046"},
+		{4095, 1<<20 - 1, "4095,1048575"},
+	} {
+		if got := devString(unix.Mkdev(c.major, c.minor)); got != c.want {
+			t.Errorf("devString(%d:%d) = %s, want %s", c.major, c.minor, got, c.want)
 		}
 	}
 }

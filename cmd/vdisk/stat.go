@@ -5,6 +5,7 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"vdisk/attach/ctl"
 )
@@ -31,7 +32,7 @@ func init() {
 			}
 			fmt.Printf("  File: %s\n", st.Name)
 			fmt.Printf("  Size: %-15d Blocks: %-10d IO Block: %d\n", st.Size, st.Blocks, st.Blksize)
-			fmt.Printf("Device: %d,%d\tInode: %-11d Links: %d\n", st.Dev>>8&0xfff, st.Dev&0xff|(st.Dev>>12)&0xfff00, st.Ino, st.Nlink)
+			fmt.Printf("Device: %s\tInode: %-11d Links: %d\n", devString(st.Dev), st.Ino, st.Nlink)
 			fmt.Printf("Access: (%04o/%s)  Uid: %d  Gid: %d\n", st.Mode&0o7777, os.FileMode(st.Mode&0o777).String(), st.UID, st.GID)
 			fmt.Printf("Access: %s\n", ts(st.Atime))
 			fmt.Printf("Modify: %s\n", ts(st.Mtime))
@@ -42,4 +43,11 @@ func init() {
 	addStateDirFlag(c, &stateDir)
 	c.Flags().StringVar(&output, "output", "human", "output format: human or json")
 	rootCmd.AddCommand(c)
+}
+
+// devString is a device number as stat(1) prints it: major,minor in
+// decimal, decoded the way the kernel encodes them (12+20 bits spread over
+// 64, not the old 8+8).
+func devString(dev uint64) string {
+	return fmt.Sprintf("%d,%d", unix.Major(dev), unix.Minor(dev))
 }

@@ -47,10 +47,16 @@ type Options struct {
 	Trace *slog.Logger
 	// Unit names the export in traces and in the mount's source.
 	Unit string
+
+	// backing, when set (by tests), is the descriptor offered to the
+	// kernel at open in place of Passthrough, so that the registration
+	// can be made to fail after the probe at mount succeeded.
+	backing *os.File
 }
 
-// Stats count the requests served. Passthrough I/O bypasses the server
-// and is not counted.
+// Stats count the requests served. Passthrough reads and writes bypass
+// the server and are not counted here; the daemon takes them from the
+// loop device's statistics.
 type Stats struct {
 	Reads, Writes         atomic.Uint64
 	ReadBytes, WriteBytes atomic.Uint64
@@ -73,7 +79,9 @@ type Export struct {
 	// returns none is still in it and the image may be closed.
 	dead atomic.Bool
 	gate sync.RWMutex
-	// passthrough is set once the kernel accepted the backing file.
+	// passthrough tells whether the latest open of the file got a
+	// backing file from the kernel; the kernel passes all handles of the
+	// file through, or none.
 	passthrough atomic.Bool
 
 	unmountOnce sync.Once
@@ -142,12 +150,17 @@ func Mount(img block.Image, dir string, opts Options) (*Export, error) {
 		mopts.DirectMountFlags = syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_RDONLY
 	}
 	mopts.Logger = nil
-	server, err := fs.Mount(dir, e.root, &fs.Options{
+	nodeFS := fs.NewNodeFS(e.root, &fs.Options{
 		MountOptions: mopts,
 		AttrTimeout:  &attr,
 		EntryTimeout: &attr,
 	})
+	server, err := gofuse.NewServer(&openWatcher{RawFileSystem: nodeFS, e: e}, dir, &mopts)
 	if err != nil {
+		return nil, fmt.Errorf("fuse: mounting %s: %w", dir, err)
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
 		return nil, fmt.Errorf("fuse: mounting %s: %w", dir, err)
 	}
 	e.server = server
@@ -317,8 +330,8 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	}
 	if e.opts.Passthrough != nil {
 		// The bridge registers the descriptor with the kernel and sets
-		// FOPEN_PASSTHROUGH; if the kernel refuses, the handle is served
-		// like any other.
+		// FOPEN_PASSTHROUGH (which FOPEN_DIRECT_IO would override); if the
+		// kernel refuses, openWatcher makes the handle direct-I/O.
 		return &fileHandle{e: e, pt: true}, 0, 0
 	}
 	return &fileHandle{e: e}, gofuse.FOPEN_DIRECT_IO | gofuse.FOPEN_PARALLEL_DIRECT_WRITES, 0
@@ -328,8 +341,36 @@ func (h *fileHandle) PassthroughFd() (int, bool) {
 	if !h.pt || h.e.dead.Load() {
 		return 0, false
 	}
-	h.e.passthrough.Store(true)
+	if b := h.e.opts.backing; b != nil {
+		return int(b.Fd()), true
+	}
 	return int(h.e.opts.Passthrough.Fd()), true
+}
+
+// openWatcher learns how each open of the file turned out. Only after
+// fileNode.Open returns does the bridge register the backing file, and
+// if the kernel refuses it, the handle is served in userspace with the
+// flags Open chose for passthrough, which let the kernel cache pages.
+// The watcher sees the final reply: it records whether the kernel passes
+// I/O through, and makes a handle that fell back direct-I/O like any
+// other served handle.
+type openWatcher struct {
+	gofuse.RawFileSystem
+	e *Export
+}
+
+func (w *openWatcher) Open(cancel <-chan struct{}, in *gofuse.OpenIn, out *gofuse.OpenOut) gofuse.Status {
+	st := w.RawFileSystem.Open(cancel, in, out)
+	if st != gofuse.OK || w.e.opts.Passthrough == nil {
+		return st
+	}
+	if out.OpenFlags&gofuse.FOPEN_PASSTHROUGH != 0 {
+		w.e.passthrough.Store(true)
+	} else {
+		out.OpenFlags |= gofuse.FOPEN_DIRECT_IO | gofuse.FOPEN_PARALLEL_DIRECT_WRITES
+		w.e.passthrough.Store(false)
+	}
+	return st
 }
 
 // enter admits a request to the image, or counts an error and refuses it

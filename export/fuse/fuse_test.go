@@ -73,6 +73,17 @@ func TestReadWriteFlushDiscard(t *testing.T) {
 	if n := e.Stats.WriteBytes.Load(); n != 8<<20 {
 		t.Errorf("bytes written counter %d", n)
 	}
+	// Each 1 MiB write arrives in one piece.
+	if n := e.Stats.Writes.Load(); n != 8 {
+		t.Errorf("8 writes of 1 MiB arrived as %d requests", n)
+	}
+	reads := e.Stats.Reads.Load()
+	if _, err := f.ReadAt(got, 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.Stats.Reads.Load() - reads; n != 1 {
+		t.Errorf("a read of 1 MiB arrived as %d requests", n)
+	}
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
@@ -104,35 +115,7 @@ func TestKillFailsIO(t *testing.T) {
 			name = "passthrough"
 		}
 		t.Run(name, func(t *testing.T) {
-			needFUSE(t)
-			path := filepath.Join(t.TempDir(), "disk.raw")
-			if err := os.WriteFile(path, make([]byte, 1<<20), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			bf, err := file.Open(path, block.OpenFlags{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			img, err := raw.Open(bf, &block.OpenOptions{Format: "raw"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer img.Close()
-			var opts Options
-			if pt {
-				ptf, err := os.OpenFile(path, os.O_RDWR, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer ptf.Close()
-				opts.Passthrough = ptf
-			}
-			e := mount(t, img, opts)
-			f, err := os.OpenFile(e.Path(), os.O_RDWR, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
+			e, _, f := rawExport(t, pt, nil)
 			if _, err := f.WriteAt([]byte("hello"), 0); err != nil {
 				t.Fatal(err)
 			}
@@ -159,4 +142,87 @@ func TestReadOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
+}
+
+// rawExport mounts a 1 MiB raw image file, for passthrough if pt, and
+// opens the FUSE file; backing, if not nil, is offered to the kernel at
+// open instead of the image file.
+func rawExport(t *testing.T, pt bool, backing *os.File) (*Export, block.Image, *os.File) {
+	t.Helper()
+	needFUSE(t)
+	path := filepath.Join(t.TempDir(), "disk.raw")
+	if err := os.WriteFile(path, bytes.Repeat([]byte("a"), 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bf, err := file.Open(path, block.OpenFlags{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := raw.Open(bf, &block.OpenOptions{Format: "raw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { img.Close() })
+	opts := Options{backing: backing}
+	if pt {
+		ptf, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ptf.Close() })
+		opts.Passthrough = ptf
+	}
+	e := mount(t, img, opts)
+	f, err := os.OpenFile(e.Path(), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return e, img, f
+}
+
+func TestPassthroughReported(t *testing.T) {
+	e, _, f := rawExport(t, true, nil)
+	if !e.Passthrough() {
+		t.Fatal("kernel with FUSE passthrough: passthrough not reported")
+	}
+	if _, err := f.WriteAt([]byte("hello"), 4096); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.Stats.Writes.Load(); n != 0 {
+		t.Errorf("a passthrough write reached the server (%d writes served)", n)
+	}
+}
+
+// When the kernel refuses the backing file at open (here: a descriptor
+// that is not a regular file, after the probe at mount succeeded), the
+// export says so and serves the handle in userspace with direct I/O: the
+// kernel keeps no page cache for it, so what the image holds is what a
+// read returns.
+func TestPassthroughRefusedAtOpen(t *testing.T) {
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devnull.Close()
+	e, img, f := rawExport(t, true, devnull)
+	if e.Passthrough() {
+		t.Error("passthrough reported for a handle the kernel refused")
+	}
+	if _, err := f.WriteAt([]byte("hello"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if e.Stats.Writes.Load() != 1 {
+		t.Errorf("%d writes served, want 1", e.Stats.Writes.Load())
+	}
+	got := make([]byte, 4096)
+	if _, err := f.ReadAt(got, 0); err != nil || string(got[:6]) != "helloa" {
+		t.Fatalf("read back %q, %v", got[:6], err)
+	}
+	if _, err := img.WriteAt([]byte("HELLO"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ReadAt(got, 0); err != nil || string(got[:5]) != "HELLO" {
+		t.Errorf("read after the image changed: %q, %v (served from a page cache)", got[:5], err)
+	}
 }

@@ -43,7 +43,7 @@ func (img *Image) openDataFile() error {
 			}
 		}
 	}
-	df, err := openDataFileFunc(full, block.OpenFlags{ReadOnly: img.ro, ForceShare: img.opts.ForceShare})
+	df, err := openDataFileFunc(full, block.OpenFlags{ReadOnly: img.ro, ForceShare: img.opts.ForceShare, NoCache: img.opts.NoCache})
 	if err != nil {
 		return fmt.Errorf("qcow2: could not open data file '%s': %w", h.dataFile, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"vdisk/block"
@@ -220,4 +221,54 @@ func fixHeaderChecksum(t *testing.T, file string) {
 		}
 	}
 	patch(t, file, 512+36, binary.BigEndian.AppendUint32(nil, ^s))
+}
+
+// Zeroing with unmap (what a discard through an attached device asks
+// for) punches the data of allocated dynamic blocks out of the file: the
+// range reads as zeros, the file occupies less, and the image checks
+// clean.
+func TestWriteZeroesUnmapPunches(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "d.vhd")
+	create(t, file, map[string]string{"size": "8M", "block_size": "2M"})
+	img := openRW(t, file)
+	defer img.Close()
+	data := bytes.Repeat([]byte{0x5a}, 6<<20)
+	if _, err := img.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	before := allocated(t, file)
+	// Half a block at an unaligned start, then two whole blocks.
+	if err := img.WriteZeroes(1<<20+512, 5<<20-512, block.ZeroMayUnmap); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 8<<20)
+	if _, err := img.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, 8<<20)
+	copy(want, data[:1<<20+512])
+	if !bytes.Equal(got, want) {
+		t.Error("zeroed range does not read as zeros, or data around it changed")
+	}
+	if after := allocated(t, file); after > before-(4<<20) {
+		t.Errorf("file occupies %d bytes after zeroing 5 MiB, %d before", after, before)
+	}
+	if res := check(t, img, block.RepairNone); res.Corruptions != 0 || res.Leaks != 0 {
+		t.Errorf("check: %+v %v", res, res.Messages)
+	}
+}
+
+func allocated(t *testing.T, file string) int64 {
+	t.Helper()
+	st, err := os.Stat(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Sys().(*syscall.Stat_t).Blocks * 512
 }

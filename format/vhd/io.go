@@ -437,7 +437,13 @@ func (m *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
 		return block.WriteZeroBytes(writerAt(m.writeAt), off, n)
 	}
 	// Dynamic: unallocated blocks already read as zeros; allocated ones
-	// get zero bytes.
+	// get zero bytes, or, where the space may go, a hole in the file: the
+	// block stays allocated (blocks cannot be given back without moving
+	// others), but its data sectors no longer occupy the file system.
+	hp, _ := m.f.(block.HolePuncher)
+	if flags&block.ZeroMayUnmap == 0 {
+		hp = nil
+	}
 	if flags&block.ZeroFast != 0 {
 		for o := off; o < off+n; o = (o/m.blockSize + 1) * m.blockSize {
 			e, err := m.entry(o / m.blockSize)
@@ -458,8 +464,11 @@ func (m *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
 			return err
 		}
 		if e != batUnused {
-			if err := block.WriteZeroBytes(writerAt(m.writeAt), o, next-o); err != nil {
-				return err
+			host := int64(e)*sectorSize + m.bmSize + o - idx*m.blockSize
+			if hp == nil || hp.PunchHole(host, next-o) != nil {
+				if err := block.WriteZeroBytes(writerAt(m.writeAt), o, next-o); err != nil {
+					return err
+				}
 			}
 		}
 		o = next

@@ -24,6 +24,8 @@ type File struct {
 	readOnly bool
 	flags    block.OpenFlags
 	locked   bool
+	// d, with flags.NoCache, is the O_DIRECT path for aligned I/O.
+	d *direct
 }
 
 // Open opens (or with flags.Create, creates) a local container and takes
@@ -60,6 +62,9 @@ func Open(name string, flags block.OpenFlags) (block.File, error) {
 			f.Close()
 			return nil, fmt.Errorf("could not truncate '%s': %w", name, err)
 		}
+	}
+	if flags.NoCache && !flags.Create {
+		file.d = openDirect(f, file.readOnly)
 	}
 	return file, nil
 }
@@ -123,11 +128,23 @@ func (f *File) Name() string { return f.name }
 // descriptor itself (FUSE passthrough).
 func (f *File) OS() *os.File { return f.f }
 
-func (f *File) ReadAt(p []byte, off int64) (int, error) { return f.f.ReadAt(p, off) }
+func (f *File) ReadAt(p []byte, off int64) (int, error) {
+	if f.d.fits(len(p), off) {
+		if n, err := f.d.readAt(p, off); err != errFallback {
+			return n, err
+		}
+	}
+	return f.f.ReadAt(p, off)
+}
 
 func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	if f.readOnly {
 		return 0, block.ErrReadOnly
+	}
+	if f.d.fits(len(p), off) {
+		if n, err := f.d.writeAt(p, off); err != errFallback {
+			return n, err
+		}
 	}
 	return f.f.WriteAt(p, off)
 }
@@ -158,7 +175,12 @@ func (f *File) Sync() error {
 	return unix.Fdatasync(int(f.f.Fd()))
 }
 
-func (f *File) Close() error { return f.f.Close() }
+func (f *File) Close() error {
+	if f.d != nil {
+		f.d.f.Close()
+	}
+	return f.f.Close()
+}
 
 func (f *File) Stat() (os.FileInfo, error) { return f.f.Stat() }
 
