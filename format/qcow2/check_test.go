@@ -132,6 +132,29 @@ func TestIncompatibleFeatures(t *testing.T) {
 	img.Close()
 }
 
+// The compression type feature bit must be set exactly when the type is
+// not zlib; QEMU refuses either mismatch at open, and so do we.
+func TestCompressionTypeBitMismatch(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		inc      uint64
+		compType byte
+	}{{"bit with zlib", 1 << 3, 0}, {"zstd without bit", 0, 1}} {
+		t.Run(c.name, func(t *testing.T) {
+			name := leakyImage(t) // qemu-img's header: 112 bytes, type at 104
+			poke(t, name, 72, be64b(c.inc))
+			poke(t, name, 104, []byte{c.compType})
+			if out, err := exec.Command("qemu-img", "info", name).CombinedOutput(); err == nil {
+				t.Fatalf("qemu-img accepts the header:\n%s", out)
+			}
+			_, err := block.Open(name, block.OpenOptions{Format: "qcow2", ReadOnly: true})
+			if err == nil || !strings.Contains(err.Error(), "compression type") {
+				t.Fatalf("open: %v", err)
+			}
+		})
+	}
+}
+
 func TestDirtyRebuild(t *testing.T) {
 	name := filepath.Join(t.TempDir(), "d.qcow2")
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", name, "8M")
