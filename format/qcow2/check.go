@@ -552,7 +552,9 @@ func (c *checker) countBitmaps() {
 	nb := be32(ext)
 	dirSize := be64(ext[8:])
 	dirOff := be64(ext[16:])
-	if nb == 0 || nb > 65535 || dirSize > 64<<20 || int64(dirOff)&(img.cs-1) != 0 {
+	// Sizes are checked against the file before they size a buffer.
+	if nb == 0 || nb > 65535 || dirSize > bmMaxDirSize || int64(dirOff)&(img.cs-1) != 0 ||
+		dirOff > uint64(c.fsize) || dirSize > uint64(c.fsize)-dirOff {
 		c.errorf("ERROR bitmap directory at %#x (%d bytes) is invalid", dirOff, dirSize)
 		return
 	}
@@ -573,7 +575,7 @@ func (c *checker) countBitmaps() {
 		nameSize := uint64(be16(e[18:]))
 		extra := uint64(be32(e[20:]))
 		p += (24 + extra + nameSize + 7) &^ 7
-		if toff&(img.cs-1) != 0 || tsize > maxL1Bytes/8 {
+		if toff&(img.cs-1) != 0 || tsize > maxL1Bytes/8 || toff < 0 || toff > c.fsize || tsize*8 > c.fsize-toff {
 			c.errorf("ERROR bitmap table of bitmap %d is invalid", i)
 			continue
 		}

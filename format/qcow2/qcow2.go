@@ -431,42 +431,20 @@ func (img *Image) Info() (*block.Info, error) {
 // (flags, name, granularity), while the autoclear bit says the bitmap
 // extension is valid. A damaged directory lists nothing; check reports it.
 func (img *Image) bitmapInfo() []any {
-	if img.h.autoclear&autoclearBitmaps == 0 {
-		return nil
-	}
-	ext, _ := img.h.ext(extBitmaps)
-	if len(ext) < 24 {
-		return nil
-	}
-	nb, dirSize, dirOff := be32(ext), be64(ext[8:]), be64(ext[16:])
-	if nb == 0 || nb > 65535 || dirSize > 64<<20 || dirOff&uint64(img.cs-1) != 0 {
-		return nil
-	}
-	dir := make([]byte, dirSize)
-	if err := readFull(img.f, dir, int64(dirOff)); err != nil {
+	d, err := img.readBitmapDir()
+	if err != nil || d == nil {
 		return nil
 	}
 	var list []any
-	for i, p := uint32(0), uint64(0); i < nb; i++ {
-		if p+24 > dirSize {
-			return nil
-		}
-		e := dir[p:]
-		flags, gbits := be32(e[12:]), e[17]
-		nameSize, extra := uint64(be16(e[18:])), uint64(be32(e[20:]))
-		if 24+extra+nameSize > uint64(len(e)) || gbits > 63 {
-			return nil
-		}
+	for _, e := range d.entries {
 		names := []any{}
-		if flags&1 != 0 {
+		if e.flags&bmFlagInUse != 0 {
 			names = append(names, "in-use")
 		}
-		if flags&2 != 0 {
+		if e.flags&bmFlagAuto != 0 {
 			names = append(names, "auto")
 		}
-		name := string(e[24+extra : 24+extra+nameSize])
-		list = append(list, block.OrderedMap{}.Add("flags", names).Add("name", name).Add("granularity", int64(1)<<gbits))
-		p += (24 + extra + nameSize + 7) &^ 7
+		list = append(list, block.OrderedMap{}.Add("flags", names).Add("name", e.name).Add("granularity", int64(1)<<e.gbits))
 	}
 	return list
 }
