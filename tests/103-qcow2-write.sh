@@ -66,6 +66,36 @@ $VDISK resize g.qcow2 2M
 qcount -c 'read -P 3 0 512k' -c 'read -P 0 512k 1536k' g.qcow2
 chk g.qcow2
 
+echo "== resize with snapshots"
+# As qemu-img 7.2: a version 2 image with snapshots cannot be resized at
+# all; a version 3 one grows and shrinks, and applying a snapshot brings
+# back its size and data.
+$VDISK create -f qcow2 -q -o compat=0.10 v2.qcow2 1M
+$VDISK snapshot -c s v2.qcow2
+$VDISK resize v2.qcow2 2M; echo "exit $?"
+qemu-img resize -q v2.qcow2 2M; echo "exit $?"
+$VDISK create -f qcow2 -q -o cluster_size=4k v3.qcow2 1M
+$VDISK io -c 'write -P 4 0 1M' v3.qcow2 >/dev/null
+$VDISK snapshot -c s v3.qcow2
+$VDISK resize --shrink v3.qcow2 256k
+chk v3.qcow2
+$VDISK io -c 'write -P 5 0 256k' v3.qcow2 >/dev/null
+qemu-img snapshot -a s v3.qcow2
+chk v3.qcow2
+qemu-img info v3.qcow2 | grep 'virtual size'
+qcount -c 'read -P 4 0 1M' v3.qcow2
+$VDISK resize v3.qcow2 3M
+$VDISK io -c 'write -P 6 2M 1M' v3.qcow2 >/dev/null
+chk v3.qcow2
+$VDISK snapshot -c big v3.qcow2
+$VDISK snapshot -a s v3.qcow2
+chk v3.qcow2
+qemu-img info v3.qcow2 | grep 'virtual size'
+qcount -c 'read -P 4 0 1M' v3.qcow2
+qemu-img snapshot -a big v3.qcow2
+chk v3.qcow2
+qcount -c 'read -P 4 0 1M' -c 'read -P 0 1M 1M' -c 'read -P 6 2M 1M' v3.qcow2
+
 echo "== compressed convert"
 qemu-img create -q -f raw src.raw 4M
 qemu-io -f raw -c 'write -P 7 0 1M' -c 'write -P 9 2M 64k' src.raw >/dev/null

@@ -23,8 +23,11 @@ func (img *Image) Resize(size int64, shrink bool) error {
 		// driver's bitmaps are all marked in use.
 		return errors.New("qcow2: cannot resize an image with persistent bitmaps, which vdisk does not maintain (remove them first: qemu-img bitmap --remove)")
 	}
-	if len(img.snapshots) > 0 && size < img.Size() {
-		return errors.New("qcow2: cannot shrink an image with internal snapshots")
+	// As QEMU: snapshot sizes are only required from version 3 on, so a
+	// version 2 snapshot may not say what size to return to. Version 3
+	// images resize either way; applying a snapshot restores its size.
+	if len(img.snapshots) > 0 && img.h.version < 3 {
+		return errors.New("qcow2: Can't resize a v2 image which has snapshots")
 	}
 	old := img.Size()
 	if err := img.resizeLocked(size, shrink, true); err != nil {
