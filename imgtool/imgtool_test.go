@@ -342,6 +342,11 @@ type precompressor struct {
 	once         sync.Once
 }
 
+func (f *precompressor) WriteCompressed(p []byte, off int64) error {
+	_, err := f.Image.WriteAt(p, off)
+	return err
+}
+
 func (f *precompressor) Precompress(p []byte, off int64) (func() error, error) {
 	f.mu.Lock()
 	f.active++
