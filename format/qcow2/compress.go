@@ -68,9 +68,12 @@ func (img *Image) decompress(out []byte, src []byte) error {
 	return errors.New("qcow2: unknown compression type")
 }
 
-// deflaters pools raw deflate writers limited to QEMU's window; their
-// state is large, so one per cluster would cost more than compressing.
-var deflaters sync.Pool // *flate.Writer
+// Raw deflate writers, pooled: their state is large, so one per cluster
+// would cost more than compressing.
+var (
+	deflaters sync.Pool // *flate.Writer limited to QEMU's window
+	huffmen   sync.Pool // *flate.Writer, Huffman coding only
+)
 
 // appendWriter collects a compressed stream at the end of a slice.
 type appendWriter struct{ b []byte }
@@ -78,6 +81,30 @@ type appendWriter struct{ b []byte }
 func (w *appendWriter) Write(p []byte) (int, error) {
 	w.b = append(w.b, p...)
 	return len(p), nil
+}
+
+// deflate appends the raw deflate stream of p to dst, with a writer from
+// pool (made by mk when the pool is empty).
+func deflate(dst, p []byte, pool *sync.Pool, mk func(io.Writer) (*flate.Writer, error)) ([]byte, error) {
+	aw := &appendWriter{b: dst}
+	w, _ := pool.Get().(*flate.Writer)
+	if w == nil {
+		var err error
+		if w, err = mk(aw); err != nil {
+			return dst, err
+		}
+	} else {
+		w.Reset(aw)
+	}
+	if _, err := w.Write(p); err != nil {
+		return dst, err
+	}
+	if err := w.Close(); err != nil {
+		return dst, err
+	}
+	w.Reset(io.Discard)
+	pool.Put(w)
+	return aw.b, nil
 }
 
 // compress appends the compressed form of one cluster to dst. ok is false
@@ -88,31 +115,28 @@ func (img *Image) compress(dst, p []byte) (out []byte, ok bool, err error) {
 	start := len(dst)
 	switch img.h.compressionType {
 	case compressionZlib:
-		aw := &appendWriter{b: dst}
-		w, _ := deflaters.Get().(*flate.Writer)
-		if w == nil {
-			// klauspost's window-limited encoder: within about 1% of
-			// zlib's level 6 at 64 KiB clusters, several times faster
-			// than compress/flate, which has no window limit at all.
-			if w, err = flate.NewWriterWindow(aw, deflateWindow); err != nil {
-				return dst, false, err
-			}
-		} else {
-			w.Reset(aw)
+		// klauspost's window-limited encoder: within about 1% of zlib's
+		// level 6 at 64 KiB clusters and several times faster than
+		// compress/flate, which cannot limit its window at all.
+		out, err = deflate(dst, p, &deflaters, func(w io.Writer) (*flate.Writer, error) {
+			return flate.NewWriterWindow(w, deflateWindow)
+		})
+		if err == nil && int64(len(out)-start) >= img.cs {
+			// It stores a block in which it finds no matches, where
+			// zlib still gains by Huffman coding (base64 text, say).
+			out, err = deflate(dst, p, &huffmen, func(w io.Writer) (*flate.Writer, error) {
+				return flate.NewWriter(w, flate.HuffmanOnly)
+			})
 		}
-		if _, err := w.Write(p); err != nil {
+		if err != nil {
 			return dst, false, err
 		}
-		if err := w.Close(); err != nil {
-			return dst, false, err
-		}
-		w.Reset(io.Discard)
-		deflaters.Put(w)
-		out = aw.b
 	case compressionZstd:
 		zencOnce.Do(func() {
+			// Literals are always entropy coded, as by libzstd: without
+			// that, a block with few matches (base64 text) is stored.
 			zencoder, _ = zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false),
-				zstd.WithWindowSize(1<<maxClusterBits))
+				zstd.WithWindowSize(1<<maxClusterBits), zstd.WithAllLitEntropyCompression(true))
 		})
 		if zencoder == nil {
 			return dst, false, errors.New("qcow2: zstd encoder unavailable")
