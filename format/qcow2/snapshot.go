@@ -377,12 +377,6 @@ func (img *Image) fixCopied() (int, error) {
 		if l2off == 0 {
 			continue
 		}
-		// A table the end of the file cuts short stays as it is, as in
-		// QEMU: rewriting it would grow the file under references that
-		// the check could not account for.
-		if l2off+img.cs > fsize {
-			continue
-		}
 		rc, err := img.refcount(l2off >> img.cbits)
 		if err != nil {
 			return fixed, err
@@ -393,7 +387,11 @@ func (img *Image) fixCopied() (int, error) {
 			img.l1Dirty = true
 			fixed++
 		}
-		if rc != 1 {
+		// A table the end of the file cuts short, or a misaligned one,
+		// stays as it is: rewriting it would grow the file under
+		// references that the check could not account for, or write over
+		// whatever the offset hits.
+		if rc != 1 || l2off+img.cs > fsize || l2off&(img.cs-1) != 0 {
 			continue
 		}
 		t, err := img.loadTable(img.l2c, l2off, "L2 table")
