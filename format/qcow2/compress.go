@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"sync"
 
 	"github.com/klauspost/compress/flate"
@@ -135,7 +136,9 @@ func (img *Image) compress(dst, p []byte) (out []byte, ok bool, err error) {
 		zencOnce.Do(func() {
 			// Literals are always entropy coded, as by libzstd: without
 			// that, a block with few matches (base64 text) is stored.
-			zencoder, _ = zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false),
+			// EncodeAll runs on one of the encoder's states at a time, so
+			// there is one per core for Precompress to run on them all.
+			zencoder, _ = zstd.NewWriter(nil, zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithEncoderCRC(false),
 				zstd.WithWindowSize(1<<maxClusterBits), zstd.WithAllLitEntropyCompression(true))
 		})
 		if zencoder == nil {
