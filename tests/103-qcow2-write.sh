@@ -71,6 +71,20 @@ $VDISK resize g.qcow2 2M
 qcount -c 'read -P 3 0 512k' -c 'read -P 0 512k 1536k' g.qcow2
 chk g.qcow2
 
+echo "== discard on a version 2 image with a backing file"
+# No zero clusters in version 2: the data stays rather than the backing
+# file's showing through again, as with qemu-io.
+qemu-img create -q -f raw b.raw 1M
+qemu-io -f raw -c 'write -P 0xaa 0 1M' b.raw >/dev/null
+for tool in vdisk qemu; do
+	qemu-img create -q -f qcow2 -o compat=0.10 -b b.raw -F raw d-$tool.qcow2
+	qemu-io -c 'write -P 0x55 0 128k' d-$tool.qcow2 >/dev/null
+done
+$VDISK io -c 'discard 0 128k' d-vdisk.qcow2 >/dev/null
+qemu-io -c 'discard 0 128k' d-qemu.qcow2 >/dev/null
+qcount -c 'read -P 0x55 0 128k' d-vdisk.qcow2
+[ "$(qemu-img map --output json d-vdisk.qcow2)" = "$(qemu-img map --output json d-qemu.qcow2)" ] && echo "same map as after qemu-io"
+
 echo "== resize with snapshots"
 # As qemu-img 7.2: a version 2 image with snapshots cannot be resized at
 # all; a version 3 one grows and shrinks, and applying a snapshot brings

@@ -6,8 +6,10 @@ import (
 
 // Discard frees whole clusters in the range. Where a backing file would
 // show through, the cluster becomes a zero cluster instead (version 3), so
-// old backing data does not reappear; version 2 images with a backing file
-// keep their data, which Discard allows.
+// old backing data does not reappear. Version 2 has no zero clusters:
+// unmapping would bring back the backing file's data, so an image with a
+// backing file keeps its data, which discard allows. QEMU 7.2 does the
+// same (qcow2_co_pdiscard refuses such discards).
 func (img *Image) Discard(off, n int64) error {
 	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
