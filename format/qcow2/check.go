@@ -20,7 +20,7 @@ func (img *Image) Check(mode block.RepairMode) (*block.CheckResult, error) {
 		img.mu.RLock()
 		defer img.mu.RUnlock()
 	} else {
-		img.mu.Lock()
+		img.lockMeta()
 		defer img.mu.Unlock()
 		if err := img.flushLocked(false); err != nil {
 			return nil, err

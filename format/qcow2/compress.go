@@ -221,7 +221,7 @@ func (img *Image) Precompress(p []byte, off int64) (func() error, error) {
 		off += n
 	}
 	return func() error {
-		img.mu.Lock()
+		img.lockMeta()
 		defer img.mu.Unlock()
 		if img.closed {
 			return block.ErrClosed
@@ -254,7 +254,7 @@ func (img *Image) storeCompressed(c compressed) error {
 		return img.afterMetaChange()
 	}
 	if c.stream == nil {
-		if err := img.writeLocked(c.raw, c.off); err != nil {
+		if err := img.writeLocked(c.raw, c.off, nil); err != nil {
 			return err
 		}
 		return img.afterMetaChange()

@@ -100,6 +100,8 @@ type Image struct {
 	freeHint            int64           // no free cluster below this index
 	reserved            [][2]int64      // cluster ranges being allocated, not yet counted
 	compNext            int64           // next free byte in the cluster compressed data is packed into, 0 = none
+	inflight            [][2]int64      // guest cluster ranges of allocating writes writing data without mu
+	inflightDone        *sync.Cond      // on mu; an allocating write linked its clusters
 	snapshots           []snapshot
 	oldSnapshotTableLen int64
 	bitmapDir           [2]int64 // offset and size of the bitmap directory kept valid, for the overlap check
@@ -182,6 +184,7 @@ func open(f block.File, opts *block.OpenOptions, l2Bytes, rbBytes int64) (*Image
 		return nil, err
 	}
 	img := &Image{f: f, name: f.Name(), ro: opts.ReadOnly, checkOnly: opts.Check && !opts.ReadOnly, opts: *opts, h: h, pending: map[int64]int64{}}
+	img.inflightDone = sync.NewCond(&img.mu)
 	img.cbits = uint(h.clusterBits)
 	img.cs = 1 << img.cbits
 	img.ext = h.incompatible&incExtL2 != 0
@@ -452,7 +455,7 @@ func (img *Image) bitmapInfo() []any {
 // Close writes back metadata, clears the dirty bit of lazy refcounts and
 // releases the image and its backing chain.
 func (img *Image) Close() error {
-	img.mu.Lock()
+	img.lockMeta()
 	defer img.mu.Unlock()
 	if img.closed {
 		return img.closeErr

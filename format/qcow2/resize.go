@@ -13,7 +13,7 @@ func (img *Image) Resize(size int64, shrink bool) error {
 	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
-	img.mu.Lock()
+	img.lockMeta()
 	defer img.mu.Unlock()
 	if img.closed {
 		return block.ErrClosed
@@ -134,7 +134,7 @@ func (img *Image) zeroGrown(old, size int64) error {
 			return err
 		}
 		if e != (l2e{}) || img.backing != nil {
-			if err := img.writeLocked(make([]byte, cend-old), old); err != nil {
+			if err := img.writeLocked(make([]byte, cend-old), old, nil); err != nil {
 				return err
 			}
 		}
@@ -149,7 +149,7 @@ func (img *Image) zeroGrown(old, size int64) error {
 	buf := make([]byte, min(zeroTo-old, 1<<20))
 	for pos := old; pos < zeroTo; pos += int64(len(buf)) {
 		n := min(int64(len(buf)), zeroTo-pos)
-		if err := img.writeLocked(buf[:n], pos); err != nil {
+		if err := img.writeLocked(buf[:n], pos, nil); err != nil {
 			return err
 		}
 	}

@@ -281,7 +281,7 @@ func (img *Image) SnapshotCreate(name string) error {
 	if img.df != nil {
 		return errors.New("qcow2: internal snapshots are not supported with an external data file")
 	}
-	img.mu.Lock()
+	img.lockMeta()
 	defer img.mu.Unlock()
 	if len(img.snapshots) >= maxSnapshots {
 		return errors.New("qcow2: too many snapshots")
@@ -450,7 +450,7 @@ func (img *Image) SnapshotApply(name string) error {
 	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
-	img.mu.Lock()
+	img.lockMeta()
 	defer img.mu.Unlock()
 	i, sl1, err := img.loadSnapshotLocked(name)
 	if err != nil {
@@ -513,7 +513,7 @@ func (img *Image) SnapshotDelete(name string) error {
 	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
-	img.mu.Lock()
+	img.lockMeta()
 	defer img.mu.Unlock()
 	i, sl1, err := img.loadSnapshotLocked(name)
 	if err != nil {

@@ -28,7 +28,7 @@ func (img *Image) Discard(off, n int64) error {
 	if img.backing != nil && img.h.version < 3 {
 		return nil
 	}
-	img.mu.Lock()
+	img.lockMeta()
 	defer img.mu.Unlock()
 	if img.closed {
 		return block.ErrClosed
@@ -127,7 +127,7 @@ func (img *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
 			return err
 		}
 	}
-	img.mu.Lock()
+	img.lockMeta()
 	defer img.mu.Unlock()
 	if img.closed {
 		return block.ErrClosed
@@ -167,7 +167,7 @@ func (img *Image) zeroBytes(off, n int64) error {
 func (img *Image) zeroSubclusters(off, n int64) error {
 	var plain [][2]int64
 	err := func() error {
-		img.mu.Lock()
+		img.lockMeta()
 		defer img.mu.Unlock()
 		if img.closed {
 			return block.ErrClosed
