@@ -381,7 +381,7 @@ func (img *Image) fixMisalignedPrealloc() ([]string, error) {
 	var msgs []string
 	for _, e1 := range img.l1 {
 		l2off := int64(e1 & offsetMask)
-		if l2off == 0 || l2off&(img.cs-1) != 0 || l2off+img.cs > fsize {
+		if !img.rewritableL2(l2off, fsize) {
 			continue
 		}
 		t, err := img.loadTable(img.l2c, l2off, "L2 table")
@@ -411,6 +411,14 @@ func (img *Image) fixMisalignedPrealloc() ([]string, error) {
 		}
 	}
 	return msgs, nil
+}
+
+// rewritableL2 reports whether a repair may rewrite the L2 table at l2off:
+// one the end of the file cuts short, or a misaligned one, stays as it is,
+// since rewriting it would grow the file under references the check could
+// not account for, or write over whatever the offset hits.
+func (img *Image) rewritableL2(l2off, fsize int64) bool {
+	return l2off != 0 && l2off&(img.cs-1) == 0 && l2off+img.cs <= fsize
 }
 
 // checkOutcome is what a check pass found.

@@ -137,30 +137,10 @@ func TestCompressedOverwrite(t *testing.T) {
 				CreateOptions: fmt.Sprintf("cluster_size=%d", cs), Copy: imgtool.CopyOptions{Compress: true}}); err != nil {
 				t.Fatal(err)
 			}
-			img, err := block.Open(name, block.OpenOptions{Format: "qcow2"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			raw, err := os.OpenFile(src, os.O_RDWR, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer raw.Close()
-			m := &mirror{t: t, img: noResize{img}, raw: raw, size: img.Size(), cs: cs, zeroCl: true, rng: rand.New(rand.NewSource(5))}
-			for range 200 {
-				m.step()
-			}
-			if err := img.Close(); err != nil {
-				t.Fatal(err)
-			}
-			qemuCheck(t, name)
-			run(t, "qemu-img", "compare", "-q", "-f", "qcow2", "-F", "raw", name, src)
+			runMirror(t, name, src, cs, true, 200, 5)
 		})
 	}
 }
-
-// noResize hides an image's Resizer from the mirror.
-type noResize struct{ block.Image }
 
 func fileSize(t testing.TB, name string) int64 {
 	t.Helper()

@@ -387,11 +387,7 @@ func (img *Image) fixCopied() (int, error) {
 			img.l1Dirty = true
 			fixed++
 		}
-		// A table the end of the file cuts short, or a misaligned one,
-		// stays as it is: rewriting it would grow the file under
-		// references that the check could not account for, or write over
-		// whatever the offset hits.
-		if rc != 1 || l2off+img.cs > fsize || l2off&(img.cs-1) != 0 {
+		if rc != 1 || !img.rewritableL2(l2off, fsize) {
 			continue
 		}
 		t, err := img.loadTable(img.l2c, l2off, "L2 table")
