@@ -193,3 +193,14 @@ var (
 type CompressedWriter interface {
 	WriteCompressed(p []byte, off int64) error
 }
+
+// Precompressor is a CompressedWriter that compresses apart from storing,
+// so that a caller that must store in order still compresses on all cores.
+// Precompress compresses what WriteCompressed(p, off) would store and may
+// run concurrently with anything; the function it returns stores the
+// result, as WriteCompressed would. p must not change until that function
+// has returned.
+type Precompressor interface {
+	CompressedWriter
+	Precompress(p []byte, off int64) (store func() error, err error)
+}

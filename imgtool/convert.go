@@ -108,6 +108,7 @@ func Copy(src, dst block.Image, o CopyOptions) error {
 	}
 
 	c := &copier{src: src, dst: dst, o: o, cw: cw, cluster: cluster, size: size}
+	c.pc, _ = cw.(block.Precompressor)
 	c.cond = sync.NewCond(&c.mu)
 	jobs := make(chan copyJob, o.Workers)
 	var wg sync.WaitGroup
@@ -145,6 +146,7 @@ type copier struct {
 	src, dst block.Image
 	o        CopyOptions
 	cw       block.CompressedWriter
+	pc       block.Precompressor // cw, when it compresses apart from storing
 	cluster  int64
 	size     int64
 	done     atomic.Int64
@@ -250,6 +252,9 @@ func (c *copier) progress(n int64) {
 }
 
 // do reads one chunk and writes what is not zero, in order unless -W.
+// The writes are planned (and compressed, with -c) before the chunk waits
+// for its turn, so that in order too every worker compresses at once and
+// only the stores are serial.
 func (c *copier) do(j copyJob, buf []byte) error {
 	b := buf[:j.n]
 	if j.zero && c.o.Sparse > 0 {
@@ -259,6 +264,13 @@ func (c *copier) do(j copyJob, buf []byte) error {
 		clear(b)
 	} else if err := safely(func() error { _, err := c.src.ReadAt(b, j.off); return err }); err != nil {
 		return &copyError{read: true, what: "error while reading", off: j.off, err: err}
+	}
+	var ops []writeOp
+	var err error
+	if b == nil {
+		ops = c.zeroOp(nil, j.off, j.n)
+	} else if err = safely(func() (err error) { ops, err = c.plan(b, j.off); return err }); err != nil {
+		return &copyError{what: "error while writing", off: j.off, err: err}
 	}
 	if !c.o.OutOfOrder {
 		c.mu.Lock()
@@ -277,86 +289,106 @@ func (c *copier) do(j copyJob, buf []byte) error {
 			c.mu.Unlock()
 		}()
 	}
-	err := safely(func() error {
-		if b == nil {
-			return c.writeZero(j.off, j.n)
+	for _, op := range ops {
+		if err := safely(op.run); err != nil {
+			return &copyError{what: "error while writing", off: op.off, err: err}
 		}
-		return c.write(b, j.off)
-	})
-	if err != nil {
-		return &copyError{what: "error while writing", off: j.off, err: err}
 	}
 	c.progress(j.n)
 	return nil
 }
 
-// write stores b at off, skipping or zeroing runs of zero blocks.
-func (c *copier) write(b []byte, off int64) error {
+// writeOp is one write of a chunk: data, zeros, or clusters compressed
+// already, stored by run.
+type writeOp struct {
+	off int64
+	run func() error
+}
+
+// plan turns the chunk b at off into writes, skipping or zeroing runs of
+// zero blocks.
+func (c *copier) plan(b []byte, off int64) ([]writeOp, error) {
 	if c.o.Sparse == 0 {
-		return c.writeData(b, off)
+		return c.dataOps(nil, b, off)
 	}
 	gran := c.o.Sparse
 	if c.cw != nil {
 		gran = c.cluster
 	}
 	if block.IsZero(b) {
-		return c.writeZero(off, int64(len(b)))
+		return c.zeroOp(nil, off, int64(len(b))), nil
 	}
 	// Walk blocks aligned to gran; a run of zero blocks is skipped, a
 	// run of others written in one request.
+	var ops []writeOp
+	var err error
 	runStart, runZero := int64(0), false
+	flush := func(p int64) {
+		if err != nil {
+			return
+		}
+		if runZero {
+			ops = c.zeroOp(ops, off+runStart, p-runStart)
+		} else {
+			ops, err = c.dataOps(ops, b[runStart:p], off+runStart)
+		}
+	}
 	for p := int64(0); p < int64(len(b)); {
 		q := min(int64(len(b)), ((off+p)/gran+1)*gran-off)
 		z := block.IsZero(b[p:q])
 		if p == 0 {
 			runZero = z
 		} else if z != runZero {
-			if err := c.flushRun(b[runStart:p], off+runStart, runZero); err != nil {
-				return err
-			}
+			flush(p)
 			runStart, runZero = p, z
 		}
 		p = q
 	}
-	return c.flushRun(b[runStart:], off+runStart, runZero)
+	flush(int64(len(b)))
+	return ops, err
 }
 
-func (c *copier) flushRun(b []byte, off int64, zero bool) error {
-	if zero {
-		return c.writeZero(off, int64(len(b)))
-	}
-	return c.writeData(b, off)
-}
-
-func (c *copier) writeZero(off, n int64) error {
+func (c *copier) zeroOp(ops []writeOp, off, n int64) []writeOp {
 	if c.o.TargetZeroed {
-		return nil
+		return ops
 	}
-	return c.dst.WriteZeroes(off, n, block.ZeroMayUnmap)
+	return append(ops, writeOp{off, func() error { return c.dst.WriteZeroes(off, n, block.ZeroMayUnmap) }})
 }
 
-func (c *copier) writeData(b []byte, off int64) error {
+// dataOps appends the writes of data b at off. Whole clusters go
+// compressed with -c (a partial one at the very end of the image too, when
+// it is the image's last cluster), compressed here if the target can.
+func (c *copier) dataOps(ops []writeOp, b []byte, off int64) ([]writeOp, error) {
 	if c.cw == nil {
-		_, err := c.dst.WriteAt(b, off)
-		return err
+		return append(ops, writeOp{off, func() error { _, err := c.dst.WriteAt(b, off); return err }}), nil
 	}
-	// Whole clusters go compressed; a partial one at the very end of the
-	// image is compressed too when it is the image's last cluster.
-	for p := int64(0); p < int64(len(b)); {
-		q := min(int64(len(b)), ((off+p)/c.cluster+1)*c.cluster-off)
-		full := (off+p)%c.cluster == 0 && (q-p == c.cluster || off+q == c.dst.Size())
-		var err error
-		if full {
-			err = c.cw.WriteCompressed(b[p:q], off+p)
-		} else {
-			_, err = c.dst.WriteAt(b[p:q], off+p)
+	n, size := int64(len(b)), c.dst.Size()
+	for p := int64(0); p < n; {
+		at := off + p
+		q := min(n, (at/c.cluster+1)*c.cluster-off)
+		if at%c.cluster != 0 || q-p != c.cluster && off+q != size {
+			d := b[p:q]
+			ops = append(ops, writeOp{at, func() error { _, err := c.dst.WriteAt(d, at); return err }})
+			p = q
+			continue
 		}
-		if err != nil {
-			return err
+		// Whole clusters that follow go in the same request.
+		for q < n && (min(n, q+c.cluster)-q == c.cluster || off+n == size) {
+			q = min(n, q+c.cluster)
+		}
+		d := b[p:q]
+		if c.pc != nil {
+			store, err := c.pc.Precompress(d, at)
+			if err != nil {
+				return nil, err
+			}
+			ops = append(ops, writeOp{at, store})
+		} else {
+			ops = append(ops, writeOp{at, func() error { return c.cw.WriteCompressed(d, at) }})
 		}
 		p = q
 	}
-	return nil
+	return ops, nil
 }
 
 // ConvertOptions are vdisk convert's settings.

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"vdisk/block"
 	"vdisk/format/mem"
@@ -344,6 +346,61 @@ func TestCopyCompressed(t *testing.T) {
 	// Without the interface, -c is refused.
 	if err := Copy(src, mem.New(1<<20+4096), CopyOptions{Compress: true}); err == nil {
 		t.Error("compressing into a format without CompressedWriter succeeded")
+	}
+}
+
+// precompressor records how many Precompress calls run at once; the first
+// waits (a bounded time) for a second to join it.
+type precompressor struct {
+	fakeCompressed
+	mu           sync.Mutex
+	active, peak int
+	two          chan struct{}
+	once         sync.Once
+}
+
+func (f *precompressor) WriteCompressed(p []byte, off int64) error {
+	_, err := f.Image.WriteAt(p, off)
+	return err
+}
+
+func (f *precompressor) Precompress(p []byte, off int64) (func() error, error) {
+	f.mu.Lock()
+	f.active++
+	f.peak = max(f.peak, f.active)
+	if f.active == 2 {
+		f.once.Do(func() { close(f.two) })
+	}
+	f.mu.Unlock()
+	select {
+	case <-f.two:
+	case <-time.After(10 * time.Second):
+	}
+	f.mu.Lock()
+	f.active--
+	f.mu.Unlock()
+	return func() error { _, err := f.Image.WriteAt(p, off); return err }, nil
+}
+
+// Without -W the chunks are stored in order, but compressed by every
+// worker at once.
+func TestCopyCompressesInParallelInOrder(t *testing.T) {
+	const size = 8 << 20
+	writes := map[int64][]byte{}
+	for off := int64(0); off < size; off += 1 << 20 {
+		writes[off] = fill(1<<20, byte(off>>20+1))
+	}
+	src := memImage(t, size, writes)
+	dst := &precompressor{fakeCompressed: fakeCompressed{Image: mem.New(size)}, two: make(chan struct{})}
+	if err := Copy(src, dst, CopyOptions{Sparse: 4096, Compress: true, TargetZeroed: true, Workers: 4, ChunkSize: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if dst.peak < 2 {
+		t.Errorf("at most %d chunks were compressed at once", dst.peak)
+	}
+	var out bytes.Buffer
+	if code, err := Compare(src, dst.Image, "src", "dst", false, &out); code != 0 || err != nil {
+		t.Errorf("copy differs: %d %v %s", code, err, out.String())
 	}
 }
 

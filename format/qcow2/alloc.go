@@ -22,20 +22,30 @@ func (img *Image) allocClusters(n int64) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := img.checkAlloc(s, n); err != nil {
+	if err := img.claimClusters(s, n); err != nil {
 		return 0, err
 	}
+	return s << img.cbits, nil
+}
+
+// claimClusters gives the free clusters [s, s+n) refcount 1. They are
+// reserved meanwhile, so that a refcount block the refcount updates
+// create is not put on them.
+func (img *Image) claimClusters(s, n int64) error {
+	if err := img.checkAlloc(s, n); err != nil {
+		return err
+	}
 	if (s+n)<<img.cbits > maxHostOffset {
-		return 0, fmt.Errorf("qcow2: image file would exceed %d bytes", maxHostOffset)
+		return fmt.Errorf("qcow2: image file would exceed %d bytes", maxHostOffset)
 	}
 	img.reserved = append(img.reserved, [2]int64{s, s + n})
 	defer func() { img.reserved = img.reserved[:len(img.reserved)-1] }()
 	for c := s; c < s+n; c++ {
 		if err := img.setRefcount(c, 1); err != nil {
-			return 0, err
+			return err
 		}
 	}
-	return s << img.cbits, nil
+	return nil
 }
 
 // findFree finds n contiguous clusters with refcount 0 that no allocation
@@ -112,34 +122,69 @@ func (img *Image) punch(clusters []int64) {
 	}
 }
 
-// allocBytes allocates n bytes for compressed data, packing several
-// compressed clusters into one host cluster. Every host cluster the bytes
-// touch gets one more reference.
+// allocBytes allocates n bytes (at most one cluster) for a compressed
+// stream, packed right after the previous one as QEMU's qcow2_alloc_bytes
+// does: a stream that does not fit in the rest of the current cluster runs
+// on into the next cluster when that one is free, and starts a fresh
+// cluster otherwise. Every host cluster the bytes touch gets one more
+// reference, so a cluster's refcount is the number of streams in it.
 func (img *Image) allocBytes(n int64) (int64, error) {
-	if img.compNext != 0 {
-		end := (img.compNext | (img.cs - 1)) + 1
-		if img.compNext+n <= end {
-			off := img.compNext
-			if err := img.addRefcount(off>>img.cbits, 1); err != nil {
-				return 0, err
-			}
-			img.compNext += n
-			if img.compNext == end {
-				img.compNext = 0
-			}
-			return off, nil
+	if n <= 0 || n > img.cs {
+		return 0, fmt.Errorf("qcow2: allocating %d bytes for compressed data", n)
+	}
+	off := img.compNext
+	if off != 0 {
+		// A cluster whose refcount is at its maximum takes no more
+		// streams (with 1-bit refcounts, none after the first).
+		rc, err := img.refcount(off >> img.cbits)
+		if err != nil {
+			return 0, err
+		}
+		if rc == 0 || rc >= img.rcMax() {
+			off = 0
 		}
 	}
-	k := (n + img.cs - 1) >> img.cbits
-	off, err := img.allocClusters(k)
-	if err != nil {
-		return 0, err
+	if off != 0 {
+		if end := (off | (img.cs - 1)) + 1; off+n > end {
+			next := end >> img.cbits
+			free, err := img.clusterFree(next)
+			if err != nil {
+				return 0, err
+			}
+			if free {
+				if err := img.claimClusters(next, 1); err != nil {
+					return 0, err
+				}
+			} else {
+				off = 0
+			}
+		}
+	}
+	if off != 0 {
+		if err := img.addRefcount(off>>img.cbits, 1); err != nil {
+			return 0, err
+		}
+	} else {
+		var err error
+		if off, err = img.allocClusters(1); err != nil {
+			return 0, err
+		}
 	}
 	img.compNext = off + n
 	if img.compNext&(img.cs-1) == 0 {
 		img.compNext = 0
 	}
 	return off, nil
+}
+
+// clusterFree reports whether host cluster c may be allocated: refcount 0
+// and not being allocated.
+func (img *Image) clusterFree(c int64) (bool, error) {
+	if img.reservedAt(c) >= 0 || c<<img.cbits >= maxHostOffset {
+		return false, nil
+	}
+	rc, err := img.refcount(c)
+	return rc == 0, err
 }
 
 // applyPending applies the queued refcount decrements. Called by flush

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -235,4 +236,47 @@ func TestBitmapDirOverlap(t *testing.T) {
 	if !bytes.Equal(after[dir:dir+64], want) {
 		t.Errorf("bitmap directory overwritten:\n% x\nwant\n% x", after[dir:dir+64], want)
 	}
+}
+
+// A bitmap directory size the file cannot hold must not size a buffer:
+// info and check read the header's claim against the file first.
+func TestBitmapDirSizeBeyondFile(t *testing.T) {
+	name := bitmapImage(t)
+	b, _ := os.ReadFile(name)
+	binary.BigEndian.PutUint64(b[bitmapsExt(t, b)+8:], 60<<20) // the file is well under 1 MiB
+	if err := os.WriteFile(name, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img, err := block.Open(name, block.OpenOptions{Format: "qcow2", ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	var info *block.Info
+	var res *block.CheckResult
+	if alloc := allocated(func() {
+		if info, err = img.Info(); err != nil {
+			t.Fatal(err)
+		}
+		if res, err = img.(block.Checker).Check(block.RepairNone); err != nil {
+			t.Fatal(err)
+		}
+	}); alloc > 16<<20 {
+		t.Errorf("info and check allocated %d bytes", alloc)
+	}
+	if j, _ := json.Marshal(info.FormatSpecific); strings.Contains(string(j), "bitmaps") {
+		t.Errorf("info lists bitmaps of a damaged directory: %s", j)
+	}
+	if res.Corruptions == 0 {
+		t.Errorf("check finds nothing wrong: %+v", res)
+	}
+}
+
+// allocated returns how many bytes fn allocates on the heap.
+func allocated(fn func()) uint64 {
+	var a, b runtime.MemStats
+	runtime.ReadMemStats(&a)
+	fn()
+	runtime.ReadMemStats(&b)
+	return b.TotalAlloc - a.TotalAlloc
 }

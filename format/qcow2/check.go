@@ -2,8 +2,6 @@ package qcow2
 
 import (
 	"fmt"
-	"maps"
-	"slices"
 	"strings"
 
 	"vdisk/block"
@@ -22,7 +20,7 @@ func (img *Image) Check(mode block.RepairMode) (*block.CheckResult, error) {
 		img.mu.RLock()
 		defer img.mu.RUnlock()
 	} else {
-		img.mu.Lock()
+		img.lockMeta()
 		defer img.mu.Unlock()
 		if err := img.flushLocked(false); err != nil {
 			return nil, err
@@ -47,143 +45,179 @@ func (img *Image) Check(mode block.RepairMode) (*block.CheckResult, error) {
 	return img.checkLocked(mode, false)
 }
 
+// Reserved bits of table entries, as QEMU checks them.
+const (
+	l1Reserved = uint64(0x7f000000000001ff)
+	l2Reserved = uint64(0x3f000000000001fe) // standard (not compressed) descriptors
+	rtReserved = uint64(0x1ff)
+)
+
+// maxCheckMessages bounds the messages a check keeps: a hostile image can
+// make every entry of every table an error. The counts stay exact.
+const maxCheckMessages = 100000
+
 // checker accumulates computed references.
 type checker struct {
 	img       *Image
 	refs      []uint32
-	beyond    map[int64]uint32 // references past the end of the file
 	fsize     int64
 	res       *block.CheckResult
 	allocated int64
 	frag      int64
 	comp      int64
 	lastHost  int64
+	dropped   int  // messages beyond maxCheckMessages
+	badBlocks bool // refcount table entries QEMU rebuilds the structures for
+	pastEOF   int  // references a cluster or more past the end of the file
+}
+
+func (c *checker) note(msg string) {
+	if len(c.res.Messages) < maxCheckMessages {
+		c.res.Messages = append(c.res.Messages, msg)
+	} else {
+		c.dropped++
+	}
 }
 
 func (c *checker) errorf(format string, a ...any) {
 	c.res.Corruptions++
-	c.res.Messages = append(c.res.Messages, fmt.Sprintf(format, a...))
+	c.note(fmt.Sprintf(format, a...))
 }
 
+// inc counts a reference to the clusters under [off, off+n). As in QEMU,
+// the last cluster may lie partly past the end of the file, but a region
+// that reaches a cluster or more past it is a corruption and counts
+// nothing: the references cannot be trusted, and clusters the file lacks
+// get no refcounts (a hostile image could name any offset).
 func (c *checker) inc(off, n int64) {
 	if n <= 0 {
 		return
 	}
-	if off < 0 || off > maxHostOffset || n > maxHostOffset {
-		c.errorf("ERROR reference to %#x+%d outside any valid host offset", off, n)
+	if off < 0 || off > maxHostOffset || n > maxHostOffset || off+n-c.fsize >= c.img.cs {
+		c.pastEOF++
+		c.errorf("ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset %#x size %#x", off, n)
 		return
 	}
 	for cl := off >> c.img.cbits; cl <= (off+n-1)>>c.img.cbits; cl++ {
-		if cl < int64(len(c.refs)) {
-			if c.refs[cl] != ^uint32(0) {
-				c.refs[cl]++
-			}
-		} else {
-			c.beyond[cl]++
+		for cl >= int64(len(c.refs)) {
+			c.refs = append(c.refs, 0)
+		}
+		if c.refs[cl] != ^uint32(0) {
+			c.refs[cl]++
 		}
 	}
 }
 
-// loadL2 loads an L2 table for the check. A table cut short by the end of
-// the file is read zero-padded, as qemu-img does: what its present part
-// references must still count, or those clusters would look leaked and a
-// repair would free them (and the table would point at whatever reuses
-// them once the file grows again).
+// loadL2 loads an L2 table for the check. As qemu-img does, it reads
+// whatever the offset names: a table cut short by the end of the file is
+// zero-padded (what its present part references must still count, or
+// those clusters would look leaked and a repair would free them), and an
+// unaligned offset is read where it points.
 func (c *checker) loadL2(off int64) (*table, error) {
 	img := c.img
-	if off+img.cs <= c.fsize {
+	if off&(img.cs-1) == 0 && off+img.cs <= c.fsize {
 		return img.loadTable(img.l2c, off, "L2 table")
 	}
-	if off >= c.fsize {
-		return nil, fmt.Errorf("qcow2: L2 table at %#x: beyond the end of the file", off)
-	}
 	buf := make([]byte, img.cs)
-	if off >= c.fsize {
-		// Wholly past the end: all zeros, referencing nothing.
-		return &table{off: off, buf: buf}, nil
-	}
-	if err := readFull(img.f, buf[:c.fsize-off], off); err != nil {
-		return nil, fmt.Errorf("qcow2: L2 table at %#x: %w", off, err)
+	if off < c.fsize {
+		if err := readFull(img.f, buf[:min(img.cs, c.fsize-off)], off); err != nil {
+			return nil, fmt.Errorf("qcow2: L2 table at %#x: %w", off, err)
+		}
 	}
 	return &table{off: off, buf: buf}, nil
 }
 
 // walkL1 counts an L1 table's references; active adds allocation and
-// fragmentation statistics as qemu-img does.
+// fragmentation statistics as qemu-img does. Entries are judged as QEMU
+// judges them, so that the counts agree: a misaligned L2 table or data
+// cluster is reported and still counted where it points.
 func (c *checker) walkL1(l1 []uint64, active bool) {
 	img := c.img
 	for i, e1 := range l1 {
-		l2off := int64(e1 & offsetMask)
-		if l2off == 0 {
+		if e1 == 0 {
 			continue
 		}
+		if e1&l1Reserved != 0 {
+			c.errorf("ERROR found L1 entry with reserved bits set: %x", e1)
+		}
+		l2off := int64(e1 & offsetMask)
+		c.inc(l2off, img.cs)
 		if l2off&(img.cs-1) != 0 {
 			c.errorf("ERROR l2_offset=%x: Table is not cluster aligned; L1 entry corrupted", l2off)
-			continue
-		}
-		c.inc(l2off, img.cs)
-		if l2off+img.cs > int64(len(c.refs))<<img.cbits {
-			c.errorf("ERROR l2_offset=%x: L2 table beyond the end of the image file (L1 index %d)", l2off, i)
-			continue
 		}
 		t, err := c.loadL2(l2off)
 		if err != nil {
 			c.res.CheckErrors++
-			c.res.Messages = append(c.res.Messages, fmt.Sprintf("ERROR: %v", err))
+			c.note(fmt.Sprintf("ERROR: %v", err))
 			continue
 		}
 		// QEMU counts fragmentation within each L2 table.
 		c.lastHost = 0
 		for j := 0; j < 1<<img.l2Bits; j++ {
-			e := img.getEntry(t, j)
-			if e.compressed() && img.df != nil {
-				c.errorf("ERROR compressed cluster at guest offset %#x in an image with an external data file; L2 entry corrupted", (int64(i)<<img.l2Bits+int64(j))<<img.cbits)
-				continue
-			}
-			if e.compressed() {
-				if e.copied() {
-					c.errorf("ERROR: coffset=%x: copied flag must never be set for compressed clusters", e.d&img.compOffMask)
-				}
-				if img.ext && e.bm != 0 {
-					c.errorf("ERROR compressed cluster %d with non-zero subcluster allocation bitmap, entry=%#x", int64(i)<<img.l2Bits+int64(j), e.d)
-				}
-				_, _, rs, rl := img.compRange(e)
-				c.inc(rs, rl)
-				if active {
-					c.allocated++
-					c.comp++
-					c.frag++
-				}
-				continue
-			}
-			h := e.host()
-			if img.ext && (uint32(e.bm)&uint32(e.bm>>32) != 0 || h == 0 && uint32(e.bm) != 0) {
-				c.errorf("ERROR invalid cluster entry=%#x bitmap=%#x", e.d, e.bm)
-			}
-			if h == 0 {
-				continue
-			}
-			if e.d&^(flagCopied|offsetMask|flagZero) != 0 || h&(img.cs-1) != 0 {
-				c.errorf("ERROR offset=%x: Cluster is not properly aligned; L2 entry corrupted", h)
-				continue
-			}
-			if active {
-				c.allocated++
-				if c.lastHost != 0 && h != c.lastHost {
-					c.frag++
-				}
-				c.lastHost = h + img.cs
-			}
-			if img.df != nil {
-				// Data file clusters are not refcounted; their place is fixed.
-				if vc := int64(i)<<img.l2Bits + int64(j); h != vc<<img.cbits+img.cs {
-					c.errorf("ERROR offset=%x: data file cluster of guest offset %#x is not at its guest offset; L2 entry corrupted", h-img.cs, vc<<img.cbits)
-				}
-				continue
-			}
-			c.inc(h, img.cs)
+			c.checkL2Entry(img.getEntry(t, j), int64(i)<<img.l2Bits+int64(j), active)
 		}
 	}
+}
+
+// checkL2Entry counts the references of the L2 entry of guest cluster vc.
+func (c *checker) checkL2Entry(e l2e, vc int64, active bool) {
+	img := c.img
+	if e.compressed() {
+		if img.df != nil {
+			c.errorf("ERROR compressed cluster at guest offset %#x in an image with an external data file; L2 entry corrupted", vc<<img.cbits)
+			return
+		}
+		if e.copied() {
+			c.errorf("ERROR: coffset=%x: copied flag must never be set for compressed clusters", e.d&img.compOffMask)
+		}
+		if img.ext && e.bm != 0 {
+			c.errorf("ERROR compressed cluster %d with non-zero subcluster allocation bitmap, entry=%#x", vc&(1<<img.l2Bits-1), e.d)
+			return
+		}
+		_, _, rs, rl := img.compRange(e)
+		c.inc(rs, rl)
+		if active {
+			c.allocated++
+			c.comp++
+			c.frag++
+		}
+		return
+	}
+	if e.d&l2Reserved != 0 {
+		c.errorf("ERROR found l2 entry with reserved bits set: %x", e.d)
+	}
+	h := e.host()
+	if h == 0 {
+		if img.ext && uint32(e.bm) != 0 {
+			c.errorf("ERROR: Unallocated cluster has non-zero subcluster allocation map")
+		}
+		return
+	}
+	if img.ext && uint32(e.bm)&uint32(e.bm>>32) != 0 {
+		c.errorf("ERROR offset=%x: Allocated cluster has corrupted subcluster allocation bitmap", h)
+	}
+	if h&(img.cs-1) != 0 {
+		what := "Data"
+		if img.ext && uint32(e.bm) == 0 || !img.ext && e.d&flagZero != 0 {
+			what = "Preallocated"
+		}
+		c.errorf("ERROR offset=%x: %s cluster is not properly aligned; L2 entry corrupted.", h, what)
+	}
+	if active {
+		c.allocated++
+		if c.lastHost != 0 && h != c.lastHost {
+			c.frag++
+		}
+		c.lastHost = h + img.cs
+	}
+	if img.df != nil {
+		// Data file clusters are not refcounted; their place is fixed.
+		if h != vc<<img.cbits+img.cs {
+			c.errorf("ERROR offset=%x: data file cluster of guest offset %#x is not at its guest offset; L2 entry corrupted", h-img.cs, vc<<img.cbits)
+		}
+		return
+	}
+	c.inc(h, img.cs)
 }
 
 // computeRefs counts every reference the image's structures make.
@@ -197,7 +231,7 @@ func (img *Image) computeRefs(res *block.CheckResult, withRefcounts bool) (*chec
 	if n > maxCheckClusters {
 		return nil, fmt.Errorf("qcow2: image file too large to check (%d clusters)", n)
 	}
-	c := &checker{img: img, refs: make([]uint32, n), beyond: map[int64]uint32{}, res: res, fsize: fsize}
+	c := &checker{img: img, refs: make([]uint32, n), res: res, fsize: fsize}
 	c.inc(0, img.cs)
 	h := img.h
 	c.inc(int64(h.l1Offset), int64(len(img.l1))*8)
@@ -216,20 +250,25 @@ func (img *Image) computeRefs(res *block.CheckResult, withRefcounts bool) (*chec
 	c.countBitmaps()
 	if withRefcounts {
 		c.inc(int64(h.reftableOffset), int64(h.reftableClusters)<<img.cbits)
+		// Last, as in QEMU: a refcount block must be referenced once.
 		for i, e := range img.reftable {
 			off := int64(e & refOffsetMask)
-			if off == 0 {
-				continue
-			}
-			if off&(img.cs-1) != 0 {
+			switch {
+			case e&rtReserved != 0:
+				c.errorf("ERROR refcount table entry %d has reserved bits set", i)
+				c.badBlocks = true
+			case off&(img.cs-1) != 0:
 				c.errorf("ERROR refcount block %d is not cluster aligned; refcount table entry corrupted", i)
-				continue
-			}
-			if off >= fsize {
+				c.badBlocks = true
+			case off < 0 || off>>img.cbits >= int64(len(c.refs)):
 				c.errorf("ERROR refcount block %d is outside image", i)
-				continue
+			case off != 0:
+				c.inc(off, img.cs)
+				if r := c.refs[off>>img.cbits]; r != 1 {
+					c.errorf("ERROR refcount block %d refcount=%d", i, r)
+					c.badBlocks = true
+				}
 			}
-			c.inc(off, img.cs)
 		}
 	}
 	return c, nil
@@ -241,7 +280,7 @@ func (img *Image) checkLocked(mode block.RepairMode, rebuild bool) (*block.Check
 	// A damaged snapshot table comes first: until it is rewritten, the
 	// clusters only its discarded snapshots hold cannot be judged, so
 	// without -r all nothing else is repaired either.
-	var snapFixed []string
+	var fixedFirst []string
 	if len(img.snapDropped) > 0 {
 		if mode&block.RepairErrors == 0 && !rebuild {
 			mode = block.RepairNone
@@ -253,16 +292,33 @@ func (img *Image) checkLocked(mode block.RepairMode, rebuild bool) (*block.Check
 				return nil, err
 			}
 			for _, d := range img.snapDropped {
-				snapFixed = append(snapFixed, "Repaired: "+d)
+				fixedFirst = append(fixedFirst, "Repaired: "+d)
 			}
 			img.snapDropped = nil
 		}
 	}
-	res, needRebuild, copiedErrs, err := img.checkPass()
+	// As QEMU does, -r all turns a preallocated zero cluster whose offset
+	// is misaligned into a plain zero cluster: it reads as zeros either way.
+	if mode&block.RepairErrors != 0 && img.h.version >= 3 {
+		n, err := img.fixMisalignedPrealloc()
+		if err != nil {
+			return nil, err
+		}
+		fixedFirst = append(fixedFirst, n...)
+	}
+	p, err := img.checkPass()
 	if err != nil {
 		return nil, err
 	}
+	res := p.res
 	if mode == block.RepairNone && !rebuild {
+		return res, nil
+	}
+	// As qemu-img check -r leaks: where only rebuilding the refcount
+	// structures would do, repairing leaks alone is refused.
+	if mode&block.RepairErrors == 0 && !rebuild && p.qemuRebuild {
+		res.CheckErrors++
+		res.Messages = append(res.Messages, "ERROR need to rebuild refcount structures (repair them with -r all)")
 		return res, nil
 	}
 	// A table that could not be read hides references: the clusters it
@@ -276,9 +332,9 @@ func (img *Image) checkLocked(mode block.RepairMode, rebuild bool) (*block.Check
 	}
 	// As in QEMU, COPIED flags are judged after the refcounts are repaired,
 	// so only those still wrong then count as fixed corruptions.
-	firstLeaks, firstCorr := res.Leaks, res.Corruptions-copiedErrs
-	repaired := len(snapFixed) > 0
-	if rebuild || (needRebuild && mode&block.RepairErrors != 0) {
+	firstLeaks, firstCorr := res.Leaks, res.Corruptions-p.copiedErrs
+	repaired := len(fixedFirst) > 0
+	if rebuild || (p.needRebuild && mode&block.RepairErrors != 0) {
 		if err := img.rebuildRefcounts(); err != nil {
 			return nil, err
 		}
@@ -303,24 +359,86 @@ func (img *Image) checkLocked(mode block.RepairMode, rebuild bool) (*block.Check
 	if err := img.flushLocked(false); err != nil {
 		return nil, err
 	}
-	res2, _, _, err := img.checkPass()
+	p2, err := img.checkPass()
 	if err != nil {
 		return nil, err
 	}
+	res2 := p2.res
 	res2.LeaksFixed = max(firstLeaks-res2.Leaks, 0)
-	res2.CorruptionsFixed = max(firstCorr-res2.Corruptions, 0) + len(snapFixed)
-	res2.Messages = append(append(snapFixed, res.Messages...), res2.Messages...)
+	res2.CorruptionsFixed = max(firstCorr-res2.Corruptions, 0) + len(fixedFirst)
+	res2.Messages = append(append(fixedFirst, res.Messages...), res2.Messages...)
 	return res2, nil
 }
 
-// checkPass compares computed and stored refcounts. needRebuild reports
-// refcount errors that only a rebuild can fix safely.
-func (img *Image) checkPass() (*block.CheckResult, bool, int, error) {
+// fixMisalignedPrealloc makes the active tree's preallocated zero clusters
+// with a misaligned host offset plain zero clusters, and returns a message
+// for each. img.mu held exclusively.
+func (img *Image) fixMisalignedPrealloc() ([]string, error) {
+	fsize, err := img.f.Size()
+	if err != nil {
+		return nil, err
+	}
+	var msgs []string
+	for _, e1 := range img.l1 {
+		l2off := int64(e1 & offsetMask)
+		if !img.rewritableL2(l2off, fsize) {
+			continue
+		}
+		t, err := img.loadTable(img.l2c, l2off, "L2 table")
+		if err != nil {
+			return nil, err
+		}
+		for j := 0; j < 1<<img.l2Bits; j++ {
+			e := img.getEntry(t, j)
+			h := e.host()
+			if e.compressed() || h&(img.cs-1) == 0 {
+				continue
+			}
+			switch {
+			case img.ext && uint32(e.bm) == 0:
+				img.setEntry(t, j, l2e{bm: e.bm &^ 0xffffffff})
+			case !img.ext && e.d&flagZero != 0:
+				img.setEntry(t, j, l2e{d: flagZero})
+			default:
+				continue
+			}
+			msgs = append(msgs, fmt.Sprintf("Repairing offset=%x: Preallocated cluster is not properly aligned; L2 entry corrupted.", h))
+		}
+	}
+	if len(msgs) > 0 {
+		if err := img.flushLocked(false); err != nil {
+			return nil, err
+		}
+	}
+	return msgs, nil
+}
+
+// rewritableL2 reports whether a repair may rewrite the L2 table at l2off:
+// one the end of the file cuts short, or a misaligned one, stays as it is,
+// since rewriting it would grow the file under references the check could
+// not account for, or write over whatever the offset hits.
+func (img *Image) rewritableL2(l2off, fsize int64) bool {
+	return l2off != 0 && l2off&(img.cs-1) == 0 && l2off+img.cs <= fsize
+}
+
+// checkOutcome is what a check pass found.
+type checkOutcome struct {
+	res *block.CheckResult
+	// needRebuild reports refcount errors that only a rebuild fixes
+	// safely; qemuRebuild those for which QEMU rebuilds (a referenced
+	// cluster with refcount 0, a bad refcount table entry).
+	needRebuild, qemuRebuild bool
+	copiedErrs               int // COPIED flag errors among the corruptions
+}
+
+// checkPass compares computed and stored refcounts.
+func (img *Image) checkPass() (checkOutcome, error) {
 	res := &block.CheckResult{Filename: img.name, Format: "qcow2"}
 	c, err := img.computeRefs(res, true)
 	if err != nil {
-		return nil, false, 0, err
+		return checkOutcome{}, err
 	}
+	qemuRebuild := c.badBlocks
 	// First, as qemu-img reports them before the references.
 	var snapMsgs []string
 	if img.snapErr != nil {
@@ -332,14 +450,18 @@ func (img *Image) checkPass() (*block.CheckResult, bool, int, error) {
 	res.Corruptions += len(snapMsgs)
 	res.Messages = append(snapMsgs, res.Messages...)
 	copiedErrs := 0
-	needRebuild := res.Corruptions > 0
+	// References past the end of the file are no reason to rebuild: the
+	// rebuilt refcounts would leave those clusters free, and the next
+	// allocation would land under the references. Their stale refcounts
+	// keep the allocator away meanwhile.
+	needRebuild := res.Corruptions-c.pastEOF > 0
 	var maxUsed int64 = -1
 	for cl := int64(0); cl < int64(len(c.refs)); cl++ {
 		ref := uint64(c.refs[cl])
 		rc, err := img.refcount(cl)
 		if err != nil {
 			res.CheckErrors++
-			res.Messages = append(res.Messages, fmt.Sprintf("ERROR: %v", err))
+			c.note(fmt.Sprintf("ERROR: %v", err))
 			needRebuild = true
 			continue
 		}
@@ -351,28 +473,20 @@ func (img *Image) checkPass() (*block.CheckResult, bool, int, error) {
 		case rc < ref:
 			c.errorf("ERROR cluster %d refcount=%d reference=%d", cl, rc, ref)
 			needRebuild = true
+			qemuRebuild = qemuRebuild || rc == 0
 		default:
 			res.Leaks++
-			res.Messages = append(res.Messages, fmt.Sprintf("Leaked cluster %d refcount=%d reference=%d", cl, rc, ref))
+			c.note(fmt.Sprintf("Leaked cluster %d refcount=%d reference=%d", cl, rc, ref))
 		}
 	}
-	// In cluster order, so that output is the same from run to run.
-	for _, cl := range slices.Sorted(maps.Keys(c.beyond)) {
-		rc, _ := img.refcount(cl)
-		c.errorf("ERROR cluster %d refcount=%d reference=%d (beyond the end of the file)", cl, rc, c.beyond[cl])
-	}
-	// Refcounts of clusters past the end of the file.
-	img.scanBeyond(int64(len(c.refs)), func(cl int64, rc uint64) {
-		if c.beyond[cl] == 0 {
-			res.Leaks++
-			res.Messages = append(res.Messages, fmt.Sprintf("Leaked cluster %d refcount=%d reference=0", cl, rc))
-			maxUsed = max(maxUsed, cl)
-		}
-	})
+	// Refcounts of clusters past the end of the file are not looked at,
+	// as in QEMU: nothing there is referenced (see inc), and the
+	// allocator skips such clusters, so they only waste address space.
+
 	// COPIED flags of the active tree.
 	for i, e1 := range img.l1 {
 		l2off := int64(e1 & offsetMask)
-		if l2off == 0 || l2off&(img.cs-1) != 0 {
+		if l2off == 0 {
 			continue
 		}
 		rc, err := img.refcount(l2off >> img.cbits)
@@ -389,12 +503,14 @@ func (img *Image) checkPass() (*block.CheckResult, bool, int, error) {
 		}
 		for j := 0; j < 1<<img.l2Bits; j++ {
 			e := img.getEntry(t, j)
-			if e.compressed() || e.host() == 0 || e.host()&(img.cs-1) != 0 || img.df != nil {
+			if e.compressed() || e.host() == 0 {
 				continue
 			}
-			rc, err := img.refcount(e.host() >> img.cbits)
-			if err != nil {
-				continue
+			rc := uint64(1) // data file clusters are owned by definition
+			if img.df == nil {
+				if rc, err = img.refcount(e.host() >> img.cbits); err != nil {
+					continue
+				}
 			}
 			if (rc == 1) != e.copied() {
 				c.errorf("ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=%d", e.d, rc)
@@ -407,7 +523,10 @@ func (img *Image) checkPass() (*block.CheckResult, bool, int, error) {
 	res.AllocatedClusters = c.allocated
 	res.FragmentedClusters = c.frag
 	res.CompressedClusters = c.comp
-	return res, needRebuild, copiedErrs, nil
+	if c.dropped > 0 {
+		res.Messages = append(res.Messages, fmt.Sprintf("(%d more messages not shown)", c.dropped))
+	}
+	return checkOutcome{res: res, needRebuild: needRebuild, qemuRebuild: qemuRebuild, copiedErrs: copiedErrs}, nil
 }
 
 // fixRefcountsInPlace sets each wrong refcount to the computed value where
@@ -429,22 +548,6 @@ func (img *Image) fixRefcountsInPlace(mode block.RepairMode) error {
 		}
 		if rc > ref && mode&block.RepairLeaks != 0 || rc < ref && mode&block.RepairErrors != 0 {
 			if err := img.setRefcount(cl, ref); err != nil {
-				return err
-			}
-		}
-	}
-	if mode&block.RepairLeaks != 0 {
-		var leaked []int64
-		img.scanBeyond(int64(len(c.refs)), func(cl int64, _ uint64) {
-			// Referenced clusters the file lacks are corruptions that
-			// stay; freeing them would let the next allocation land
-			// under the references.
-			if c.beyond[cl] == 0 {
-				leaked = append(leaked, cl)
-			}
-		})
-		for _, cl := range leaked {
-			if err := img.setRefcount(cl, 0); err != nil {
 				return err
 			}
 		}
@@ -552,7 +655,9 @@ func (c *checker) countBitmaps() {
 	nb := be32(ext)
 	dirSize := be64(ext[8:])
 	dirOff := be64(ext[16:])
-	if nb == 0 || nb > 65535 || dirSize > 64<<20 || int64(dirOff)&(img.cs-1) != 0 {
+	// Sizes are checked against the file before they size a buffer.
+	if nb == 0 || nb > 65535 || dirSize > bmMaxDirSize || int64(dirOff)&(img.cs-1) != 0 ||
+		dirOff > uint64(c.fsize) || dirSize > uint64(c.fsize)-dirOff {
 		c.errorf("ERROR bitmap directory at %#x (%d bytes) is invalid", dirOff, dirSize)
 		return
 	}
@@ -573,7 +678,7 @@ func (c *checker) countBitmaps() {
 		nameSize := uint64(be16(e[18:]))
 		extra := uint64(be32(e[20:]))
 		p += (24 + extra + nameSize + 7) &^ 7
-		if toff&(img.cs-1) != 0 || tsize > maxL1Bytes/8 {
+		if toff&(img.cs-1) != 0 || tsize > maxL1Bytes/8 || toff < 0 || toff > c.fsize || tsize*8 > c.fsize-toff {
 			c.errorf("ERROR bitmap table of bitmap %d is invalid", i)
 			continue
 		}
@@ -586,30 +691,6 @@ func (c *checker) countBitmaps() {
 		for j := int64(0); j < tsize; j++ {
 			if off := int64(be64(tbl[j*8:]) & offsetMask); off != 0 {
 				c.inc(off, img.cs)
-			}
-		}
-	}
-}
-
-// scanBeyond calls fn for every cluster at or past index n (the end of the
-// file) with a nonzero refcount. Each refcount block is read once, however
-// often a corrupt table names it.
-func (img *Image) scanBeyond(n int64, fn func(cl int64, rc uint64)) {
-	seen := map[int64]bool{}
-	for bi, e := range img.reftable {
-		off := int64(e & refOffsetMask)
-		first := int64(bi) << img.rbBits
-		if off == 0 || first+1<<img.rbBits <= n || seen[off] {
-			continue
-		}
-		seen[off] = true
-		t, err := img.loadTable(img.rbc, off, "refcount block")
-		if err != nil {
-			continue
-		}
-		for i := max(first, n) - first; i < 1<<img.rbBits; i++ {
-			if rc := img.rcGet(t.buf, i); rc != 0 {
-				fn(first+i, rc)
 			}
 		}
 	}

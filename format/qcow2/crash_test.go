@@ -19,8 +19,9 @@ import (
 )
 
 const (
-	crashBlock = 4096
-	crashSize  = 8 << 20
+	crashBlock   = 4096
+	crashSize    = 8 << 20  // at creation
+	crashMaxSize = 24 << 20 // the writer grows the image up to this
 )
 
 // crashPattern is the content of the write with sequence number seq: it
@@ -55,8 +56,9 @@ func TestCrashWriter(t *testing.T) {
 	r := rand.New(rand.NewSource(seed))
 	var pending []string
 	for {
+		size := img.Size()
 		n := 1 + r.Intn(4)
-		off := r.Int63n(crashSize/crashBlock-int64(n)) * crashBlock
+		off := r.Int63n(size/crashBlock-int64(n)) * crashBlock
 		var buf []byte
 		for i := 0; i < n; i++ {
 			seq++
@@ -66,13 +68,28 @@ func TestCrashWriter(t *testing.T) {
 		if _, err := img.WriteAt(buf, off); err != nil {
 			t.Fatal(err)
 		}
-		if r.Intn(5) == 0 {
-			if err := img.Discard(r.Int63n(crashSize/65536)*65536, 65536); err != nil {
+		switch r.Intn(10) {
+		case 0, 1:
+			if err := img.Discard(r.Int63n(size/65536)*65536, 65536); err != nil {
 				t.Fatal(err)
 			}
-			// Discarded blocks may read as zeros: not acknowledged content.
-			pending = append(pending, "flushmark")
+		case 2:
+			// Whole clusters become zero clusters (or unallocated), the
+			// partial ones at the ends get zero bytes.
+			off, n := r.Int63n(size/crashBlock-32)*crashBlock, int64(1+r.Intn(32))*crashBlock
+			if err := img.WriteZeroes(off, n, block.ZeroFlags(r.Intn(2))*block.ZeroMayUnmap); err != nil {
+				t.Fatal(err)
+			}
+		case 3:
+			// Growing moves the L1 table once it needs more clusters.
+			if size < crashMaxSize {
+				if err := img.(block.Resizer).Resize(size+1<<20, false); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
+		// Discarded and zeroed blocks read as zeros: verifyCrash accepts
+		// zeros for any block.
 		if r.Intn(8) == 0 {
 			if err := img.Flush(); err != nil {
 				t.Fatal(err)
@@ -85,7 +102,14 @@ func TestCrashWriter(t *testing.T) {
 }
 
 func TestCrash(t *testing.T) {
-	for _, opts := range []string{"cluster_size=64k", "cluster_size=4k,lazy_refcounts=on"} {
+	for _, opts := range []string{
+		"cluster_size=64k", "cluster_size=4k,lazy_refcounts=on",
+		// Small clusters and wide refcounts: the L1 table moves as the
+		// image grows, and the refcount table soon after.
+		"cluster_size=512,refcount_bits=64",
+		// Writes copy the rest of their cluster from the backing file.
+		"cluster_size=64k,backing_file=base.raw,backing_fmt=raw",
+	} {
 		t.Run(opts, func(t *testing.T) { crashRun(t, opts, 10) })
 	}
 }
@@ -93,7 +117,24 @@ func TestCrash(t *testing.T) {
 func crashRun(t *testing.T, opts string, kills int) {
 	dir := t.TempDir()
 	name := filepath.Join(dir, "crash.qcow2")
+	if strings.Contains(opts, "backing_file") {
+		base := filepath.Join(dir, "base.raw")
+		if err := os.WriteFile(base, bytes.Repeat([]byte{0xb5}, crashSize), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	vdiskCreate(t, name, opts, crashSize)
+	var l1, rt int64 // where the L1 and refcount tables start out
+	readTables := func() {
+		h := make([]byte, 56)
+		if f, err := os.Open(name); err == nil {
+			f.ReadAt(h, 0)
+			f.Close()
+		}
+		l1, rt = int64(binary.BigEndian.Uint64(h[40:])), int64(binary.BigEndian.Uint64(h[48:]))
+	}
+	readTables()
+	l1Start, rtStart := l1, rt
 	r := rand.New(rand.NewSource(42))
 	seq := uint64(0)
 	for k := 0; k < kills; k++ {
@@ -158,6 +199,12 @@ func crashRun(t *testing.T, opts string, kills int) {
 	}
 	if fi, err := os.Stat(name + ".log"); err != nil || fi.Size() == 0 {
 		t.Fatal("the writer never completed a flush: the test checked nothing")
+	}
+	if strings.Contains(opts, "512") {
+		// The kills must have fallen on images whose tables moved.
+		if readTables(); l1 == l1Start || rt == rtStart {
+			t.Errorf("the L1 table (%#x, was %#x) or the refcount table (%#x, was %#x) never moved", l1, l1Start, rt, rtStart)
+		}
 	}
 	// A final repair leaves a clean image.
 	img, err := block.Open(name, block.OpenOptions{Format: "qcow2"})

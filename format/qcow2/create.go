@@ -182,7 +182,10 @@ func create(f block.File, opts block.Options) error {
 	if err != nil {
 		return err
 	}
-	if h.version >= 3 {
+	// As QEMU 7.2, no feature name table with clusters of 4 KiB or less:
+	// it would leave little room for a backing file name (with 512-byte
+	// clusters, none for any name at all).
+	if h.version >= 3 && cs > 4096 {
 		h.exts = append(h.exts, extension{extFeatureTable, featureTable()})
 	}
 	h.reftableOffset = uint64(cs)

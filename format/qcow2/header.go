@@ -178,8 +178,13 @@ func parseHeader(b []byte, fileSize int64) (*header, error) {
 	if h.compressionType > compressionZstd {
 		return nil, fmt.Errorf("qcow2: unknown compression type %d", h.compressionType)
 	}
+	// As QEMU: the feature bit is set exactly when the type is not zlib,
+	// so that a reader that knows only zlib never meets another type.
 	if h.compressionType != compressionZlib && h.incompatible&incCompression == 0 {
 		return nil, errors.New("qcow2: compression type set without the compression type feature bit")
+	}
+	if h.compressionType == compressionZlib && h.incompatible&incCompression != 0 {
+		return nil, errors.New("qcow2: compression type feature bit set with compression type zlib (it must not be)")
 	}
 	// Tables.
 	if h.l1Size > maxL1Bytes/8 {

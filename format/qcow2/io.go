@@ -171,24 +171,134 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 	if done {
 		return len(p), nil
 	}
+	first, last := off>>img.cbits, (off+int64(len(p))-1)>>img.cbits
 	img.mu.Lock()
-	defer img.mu.Unlock()
+	// Another write allocating these clusters is writing its data: wait
+	// for it to link them, then write in place or copy as usual.
+	img.waitInflight(first, last)
 	if img.closed {
+		img.mu.Unlock()
 		return 0, block.ErrClosed
 	}
 	if img.corrupt {
+		img.mu.Unlock()
 		return 0, img.errCorrupted()
 	}
-	if err := img.reusePendingFrees(((off + int64(len(p)) - 1) >> img.cbits) - (off >> img.cbits) + 1); err != nil {
+	if err := img.reusePendingFrees(last - first + 1); err != nil {
+		img.mu.Unlock()
 		return 0, err
 	}
-	if err := img.writeLocked(p, off); err != nil {
-		return 0, err
+	var runs []freshRun
+	err = img.writeLocked(p, off, &runs)
+	if err == nil && len(runs) == 0 {
+		err = img.afterMetaChange()
 	}
-	if err := img.afterMetaChange(); err != nil {
+	if err != nil || len(runs) == 0 {
+		img.mu.Unlock()
+		if err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	// Whole clusters newly allocated are written without the lock, so
+	// that reads and other writes go on meanwhile, and linked after:
+	// their clusters are registered as in flight, which makes writes to
+	// them wait and everything else that changes metadata wait.
+	img.inflight = append(img.inflight, [2]int64{first, last})
+	img.mu.Unlock()
+	var werr error
+	for _, r := range runs {
+		if _, err := img.data().WriteAt(r.data, r.host); err != nil {
+			werr = fmt.Errorf("qcow2: writing data at %#x: %w", r.host, err)
+			break
+		}
+	}
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	err = img.linkRuns(runs, werr)
+	img.endInflight(first, last)
+	if err != nil {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// freshRun is a run of whole clusters that an allocating write took new
+// host clusters for: its data is written before the L2 entries point to
+// them.
+type freshRun struct {
+	vc, n, host int64
+	data        []byte
+}
+
+// linkRuns points the L2 entries of runs to their new clusters once their
+// data is written (werr nil), or gives the clusters back. img.mu held
+// exclusively.
+func (img *Image) linkRuns(runs []freshRun, werr error) error {
+	if werr == nil && img.closed {
+		werr = block.ErrClosed
+	}
+	if werr == nil && img.corrupt {
+		werr = img.errCorrupted()
+	}
+	if werr != nil {
+		if img.df == nil {
+			for _, r := range runs {
+				img.free(r.host, r.n<<img.cbits)
+			}
+		}
+		return werr
+	}
+	for _, r := range runs {
+		t, idx, err := img.l2ForWrite(r.vc)
+		if err != nil {
+			return err
+		}
+		for i := int64(0); i < r.n; i++ {
+			old := img.getEntry(t, idx+int(i))
+			img.setEntry(t, idx+int(i), img.dataEntry(r.host+i<<img.cbits))
+			img.freeEntry(old)
+		}
+	}
+	return img.afterMetaChange()
+}
+
+// waitInflight waits, img.mu held exclusively, until no allocating write
+// between allocation and linking covers guest clusters [first, last].
+func (img *Image) waitInflight(first, last int64) {
+	for {
+		busy := false
+		for _, r := range img.inflight {
+			if r[0] <= last && first <= r[1] {
+				busy = true
+				break
+			}
+		}
+		if !busy {
+			return
+		}
+		img.inflightDone.Wait()
+	}
+}
+
+func (img *Image) endInflight(first, last int64) {
+	for i, r := range img.inflight {
+		if r == [2]int64{first, last} {
+			img.inflight = append(img.inflight[:i], img.inflight[i+1:]...)
+			break
+		}
+	}
+	img.inflightDone.Broadcast()
+}
+
+// lockMeta takes img.mu exclusively once no allocating write is between
+// allocation and linking: apart from such writes and flushes, whatever
+// changes metadata may change what they are about to link.
+func (img *Image) lockMeta() {
+	img.mu.Lock()
+	for len(img.inflight) > 0 {
+		img.inflightDone.Wait()
+	}
 }
 
 // reusePendingFrees makes clusters freed since the last flush (by discard,
@@ -271,8 +381,11 @@ func (img *Image) writeInPlace(p []byte, off int64) (bool, error) {
 
 // writeLocked is the allocating write path; img.mu held exclusively.
 // Clusters it allocates get the whole cluster written (the rest copied from
-// what the cluster read as before) before their L2 entries change.
-func (img *Image) writeLocked(p []byte, off int64) error {
+// what the cluster read as before) before their L2 entries change. With
+// fresh set, runs of whole clusters that need new host clusters are
+// allocated but neither written nor linked: they are appended to *fresh
+// for the caller to write and then link (linkRuns).
+func (img *Image) writeLocked(p []byte, off int64, fresh *[]freshRun) error {
 	end := off + int64(len(p))
 	for pos := off; pos < end; {
 		vc := pos >> img.cbits
@@ -319,6 +432,11 @@ func (img *Image) writeLocked(p []byte, off int64) error {
 			host, err := img.allocData(vc, n)
 			if err != nil {
 				return err
+			}
+			if fresh != nil {
+				*fresh = append(*fresh, freshRun{vc: vc, n: n, host: host, data: p[pos-off : pos-off+n<<img.cbits]})
+				pos += n << img.cbits
+				continue
 			}
 			if _, err := img.data().WriteAt(p[pos-off:pos-off+n<<img.cbits], host); err != nil {
 				return fmt.Errorf("qcow2: writing data at %#x: %w", host, err)

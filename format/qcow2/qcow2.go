@@ -101,6 +101,8 @@ type Image struct {
 	freeHint            int64           // no free cluster below this index
 	reserved            [][2]int64      // cluster ranges being allocated, not yet counted
 	compNext            int64           // next free byte in the cluster compressed data is packed into, 0 = none
+	inflight            [][2]int64      // guest cluster ranges of allocating writes writing data without mu
+	inflightDone        *sync.Cond      // on mu; an allocating write linked its clusters
 	snapshots           []snapshot
 	oldSnapshotTableLen int64
 	bitmapDir           [2]int64 // offset and size of the bitmap directory kept valid, for the overlap check
@@ -183,6 +185,7 @@ func open(f block.File, opts *block.OpenOptions, l2Bytes, rbBytes int64) (*Image
 		return nil, err
 	}
 	img := &Image{f: f, name: f.Name(), ro: opts.ReadOnly, checkOnly: opts.Check && !opts.ReadOnly, opts: *opts, h: h, pending: map[int64]int64{}}
+	img.inflightDone = sync.NewCond(&img.mu)
 	img.cbits = uint(h.clusterBits)
 	img.cs = 1 << img.cbits
 	img.ext = h.incompatible&incExtL2 != 0
@@ -432,42 +435,20 @@ func (img *Image) Info() (*block.Info, error) {
 // (flags, name, granularity), while the autoclear bit says the bitmap
 // extension is valid. A damaged directory lists nothing; check reports it.
 func (img *Image) bitmapInfo() []any {
-	if img.h.autoclear&autoclearBitmaps == 0 {
-		return nil
-	}
-	ext, _ := img.h.ext(extBitmaps)
-	if len(ext) < 24 {
-		return nil
-	}
-	nb, dirSize, dirOff := be32(ext), be64(ext[8:]), be64(ext[16:])
-	if nb == 0 || nb > 65535 || dirSize > 64<<20 || dirOff&uint64(img.cs-1) != 0 {
-		return nil
-	}
-	dir := make([]byte, dirSize)
-	if err := readFull(img.f, dir, int64(dirOff)); err != nil {
+	d, err := img.readBitmapDir()
+	if err != nil || d == nil {
 		return nil
 	}
 	var list []any
-	for i, p := uint32(0), uint64(0); i < nb; i++ {
-		if p+24 > dirSize {
-			return nil
-		}
-		e := dir[p:]
-		flags, gbits := be32(e[12:]), e[17]
-		nameSize, extra := uint64(be16(e[18:])), uint64(be32(e[20:]))
-		if 24+extra+nameSize > uint64(len(e)) || gbits > 63 {
-			return nil
-		}
+	for _, e := range d.entries {
 		names := []any{}
-		if flags&1 != 0 {
+		if e.flags&bmFlagInUse != 0 {
 			names = append(names, "in-use")
 		}
-		if flags&2 != 0 {
+		if e.flags&bmFlagAuto != 0 {
 			names = append(names, "auto")
 		}
-		name := string(e[24+extra : 24+extra+nameSize])
-		list = append(list, block.OrderedMap{}.Add("flags", names).Add("name", name).Add("granularity", int64(1)<<gbits))
-		p += (24 + extra + nameSize + 7) &^ 7
+		list = append(list, block.OrderedMap{}.Add("flags", names).Add("name", e.name).Add("granularity", int64(1)<<e.gbits))
 	}
 	return list
 }
@@ -475,7 +456,7 @@ func (img *Image) bitmapInfo() []any {
 // Close writes back metadata, clears the dirty bit of lazy refcounts and
 // releases the image and its backing chain.
 func (img *Image) Close() error {
-	img.mu.Lock()
+	img.lockMeta()
 	defer img.mu.Unlock()
 	if img.closed {
 		return img.closeErr

@@ -1,9 +1,15 @@
 package qcow2_test
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"vdisk/block"
 )
 
 // The pattern every read test image gets: data, zeroes, partial clusters,
@@ -73,7 +79,6 @@ func TestReadBackingChain(t *testing.T) {
 	qemuIO(t, top, "qcow2", "write -P 0x04 100k 8k", "discard 0 64k", "write -P 0x05 5M 3k")
 	compareWithQemu(t, top)
 	compareWithQemu(t, mid)
-	// Without a backing format extension the format is probed.
 	top2 := filepath.Join(dir, "top2.qcow2")
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "-b", "mid.qcow2", "-F", "qcow2", top2)
 	qemuIO(t, top2, "qcow2", "write -P 0x06 70k 2k", "write -z 200k 4k")
@@ -90,4 +95,109 @@ func TestReadSnapshots(t *testing.T) {
 	run(t, "qemu-img", "snapshot", "-c", "two", name)
 	qemuIO(t, name, "qcow2", "write -P 3 0 64k", "discard 1M 64k")
 	compareWithQemu(t, name)
+}
+
+// Backing files of another format, named with a format other than the one
+// probing would find, or with no format at all (probed): vdisk reads what
+// qemu-img reads.
+func TestReadBackingFormats(t *testing.T) {
+	dir := t.TempDir()
+	at := func(n string) string { return filepath.Join(dir, n) }
+	// A dynamic VHD made by qemu-img, under qcow2.
+	run(t, "qemu-img", "create", "-q", "-f", "vpc", at("base.vhd"), "4M")
+	qemuIO(t, at("base.vhd"), "vpc", "write -P 0x11 0 1M", "write -P 0x12 2M 100k")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.vhd", "-F", "vpc", at("on-vhd.qcow2"))
+	qemuIO(t, at("on-vhd.qcow2"), "qcow2", "write -P 0x13 512k 64k", "write -z 2M 4k")
+	compareWithQemu(t, at("on-vhd.qcow2"))
+
+	// A qcow2 file named as raw: its bytes are the data, header and all.
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", at("base.qcow2"), "1M")
+	qemuIO(t, at("base.qcow2"), "qcow2", "write -P 0x21 0 64k")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "raw", at("as-raw.qcow2"), "1M")
+	qemuIO(t, at("as-raw.qcow2"), "qcow2", "write -P 0x22 128k 4k")
+	compareWithQemu(t, at("as-raw.qcow2"))
+	if got := readAll(t, at("as-raw.qcow2")); string(got[:4]) != "QFI\xfb" {
+		t.Errorf("the qcow2 base named raw does not read as its bytes: %x", got[:4])
+	}
+
+	// No backing format extension: the base is probed (qcow2, VHD, raw).
+	run(t, "qemu-img", "create", "-q", "-f", "raw", at("base.raw"), "1M")
+	qemuIO(t, at("base.raw"), "raw", "write -P 0x31 0 1M")
+	for _, b := range []struct{ name, fmt string }{{"base.qcow2", "qcow2"}, {"base.vhd", "vpc"}, {"base.raw", "raw"}} {
+		top := at("probed-" + b.fmt + ".qcow2")
+		run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", b.name, "-F", b.fmt, top)
+		dropBackingFormat(t, top)
+		if out := run(t, "qemu-img", "info", top); strings.Contains(out, "backing file format") {
+			t.Fatalf("%s still names its backing format:\n%s", top, out)
+		}
+		qemuIO(t, top, "qcow2", "write -P 0x41 64k 4k")
+		compareWithQemu(t, top)
+	}
+}
+
+// dropBackingFormat turns an image's backing format extension into one of
+// an unknown type, which both QEMU and vdisk skip.
+func dropBackingFormat(t *testing.T, name string) {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := 72
+	if binary.BigEndian.Uint32(b[4:]) >= 3 {
+		off = int(binary.BigEndian.Uint32(b[100:]))
+	}
+	for off+8 <= len(b) {
+		typ, n := binary.BigEndian.Uint32(b[off:]), int(binary.BigEndian.Uint32(b[off+4:]))
+		if typ == 0 {
+			break
+		}
+		if typ == 0xe2792aca {
+			binary.BigEndian.PutUint32(b[off:], 0x7664736b)
+			if err := os.WriteFile(name, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+		off += 8 + (n+7)&^7
+	}
+	t.Fatalf("%s has no backing format extension", name)
+}
+
+// A chain as deep as block.MaxBackingDepth opens (as qemu-io opens it);
+// one layer more is refused with an error that says why.
+func TestBackingChainDepthLimit(t *testing.T) {
+	dir := t.TempDir()
+	layer := func(i int) string { return filepath.Join(dir, fmt.Sprintf("l%04d.qcow2", i)) }
+	vdiskCreate(t, layer(0), "cluster_size=512", 64<<10)
+	qemuIO(t, layer(0), "qcow2", "write -P 0x5a 0 64k")
+	vdiskCreate(t, layer(1), "cluster_size=512,backing_file=l0000.qcow2,backing_fmt=qcow2", -1)
+	// The other layers are copies of the first with the backing file
+	// name changed (same length): creating each through the chain would
+	// open every layer below it.
+	tmpl, err := os.ReadFile(layer(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 2; i <= block.MaxBackingDepth+1; i++ {
+		b := bytes.Replace(tmpl, []byte("l0000.qcow2"), []byte(fmt.Sprintf("l%04d.qcow2", i-1)), 1)
+		if err := os.WriteFile(layer(i), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deepest := layer(block.MaxBackingDepth)
+	qemuIO(t, deepest, "qcow2", "read -P 0x5a 0 64k")
+	img, err := block.Open(deepest, block.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("a chain of %d backing files: %v", block.MaxBackingDepth, err)
+	}
+	buf := make([]byte, 64<<10)
+	if _, err := img.ReadAt(buf, 0); err != nil || !bytes.Equal(buf, bytes.Repeat([]byte{0x5a}, len(buf))) {
+		t.Errorf("reading through the chain: %v", err)
+	}
+	img.Close()
+	_, err = block.Open(layer(block.MaxBackingDepth+1), block.OpenOptions{ReadOnly: true})
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("backing chain deeper than %d images", block.MaxBackingDepth)) {
+		t.Fatalf("a chain one deeper than the limit: %v", err)
+	}
 }

@@ -13,7 +13,7 @@ func (img *Image) Resize(size int64, shrink bool) error {
 	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
-	img.mu.Lock()
+	img.lockMeta()
 	defer img.mu.Unlock()
 	if img.closed {
 		return block.ErrClosed
@@ -23,8 +23,11 @@ func (img *Image) Resize(size int64, shrink bool) error {
 		// driver's bitmaps are all marked in use.
 		return errors.New("qcow2: cannot resize an image with persistent bitmaps, which vdisk does not maintain (remove them first: qemu-img bitmap --remove)")
 	}
-	if len(img.snapshots) > 0 && size < img.Size() {
-		return errors.New("qcow2: cannot shrink an image with internal snapshots")
+	// As QEMU: snapshot sizes are only required from version 3 on, so a
+	// version 2 snapshot may not say what size to return to. Version 3
+	// images resize either way; applying a snapshot restores its size.
+	if len(img.snapshots) > 0 && img.h.version < 3 {
+		return errors.New("qcow2: Can't resize a v2 image which has snapshots")
 	}
 	old := img.Size()
 	if err := img.resizeLocked(size, shrink, true); err != nil {
@@ -131,7 +134,7 @@ func (img *Image) zeroGrown(old, size int64) error {
 			return err
 		}
 		if e != (l2e{}) || img.backing != nil {
-			if err := img.writeLocked(make([]byte, cend-old), old); err != nil {
+			if err := img.writeLocked(make([]byte, cend-old), old, nil); err != nil {
 				return err
 			}
 		}
@@ -146,7 +149,7 @@ func (img *Image) zeroGrown(old, size int64) error {
 	buf := make([]byte, min(zeroTo-old, 1<<20))
 	for pos := old; pos < zeroTo; pos += int64(len(buf)) {
 		n := min(int64(len(buf)), zeroTo-pos)
-		if err := img.writeLocked(buf[:n], pos); err != nil {
+		if err := img.writeLocked(buf[:n], pos, nil); err != nil {
 			return err
 		}
 	}

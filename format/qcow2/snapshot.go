@@ -281,7 +281,7 @@ func (img *Image) SnapshotCreate(name string) error {
 	if img.df != nil {
 		return errors.New("qcow2: internal snapshots are not supported with an external data file")
 	}
-	img.mu.Lock()
+	img.lockMeta()
 	defer img.mu.Unlock()
 	if len(img.snapshots) >= maxSnapshots {
 		return errors.New("qcow2: too many snapshots")
@@ -377,12 +377,6 @@ func (img *Image) fixCopied() (int, error) {
 		if l2off == 0 {
 			continue
 		}
-		// A table the end of the file cuts short stays as it is, as in
-		// QEMU: rewriting it would grow the file under references that
-		// the check could not account for.
-		if l2off+img.cs > fsize {
-			continue
-		}
 		rc, err := img.refcount(l2off >> img.cbits)
 		if err != nil {
 			return fixed, err
@@ -393,7 +387,7 @@ func (img *Image) fixCopied() (int, error) {
 			img.l1Dirty = true
 			fixed++
 		}
-		if rc != 1 {
+		if rc != 1 || !img.rewritableL2(l2off, fsize) {
 			continue
 		}
 		t, err := img.loadTable(img.l2c, l2off, "L2 table")
@@ -452,7 +446,7 @@ func (img *Image) SnapshotApply(name string) error {
 	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
-	img.mu.Lock()
+	img.lockMeta()
 	defer img.mu.Unlock()
 	i, sl1, err := img.loadSnapshotLocked(name)
 	if err != nil {
@@ -515,7 +509,7 @@ func (img *Image) SnapshotDelete(name string) error {
 	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
-	img.mu.Lock()
+	img.lockMeta()
 	defer img.mu.Unlock()
 	i, sl1, err := img.loadSnapshotLocked(name)
 	if err != nil {

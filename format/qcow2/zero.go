@@ -6,8 +6,10 @@ import (
 
 // Discard frees whole clusters in the range. Where a backing file would
 // show through, the cluster becomes a zero cluster instead (version 3), so
-// old backing data does not reappear; version 2 images with a backing file
-// keep their data, which Discard allows.
+// old backing data does not reappear. Version 2 has no zero clusters:
+// unmapping would bring back the backing file's data, so an image with a
+// backing file keeps its data, which discard allows. QEMU 7.2 does the
+// same (qcow2_co_pdiscard refuses such discards).
 func (img *Image) Discard(off, n int64) error {
 	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
@@ -26,7 +28,7 @@ func (img *Image) Discard(off, n int64) error {
 	if img.backing != nil && img.h.version < 3 {
 		return nil
 	}
-	img.mu.Lock()
+	img.lockMeta()
 	defer img.mu.Unlock()
 	if img.closed {
 		return block.ErrClosed
@@ -125,7 +127,7 @@ func (img *Image) WriteZeroes(off, n int64, flags block.ZeroFlags) error {
 			return err
 		}
 	}
-	img.mu.Lock()
+	img.lockMeta()
 	defer img.mu.Unlock()
 	if img.closed {
 		return block.ErrClosed
@@ -165,7 +167,7 @@ func (img *Image) zeroBytes(off, n int64) error {
 func (img *Image) zeroSubclusters(off, n int64) error {
 	var plain [][2]int64
 	err := func() error {
-		img.mu.Lock()
+		img.lockMeta()
 		defer img.mu.Unlock()
 		if img.closed {
 			return block.ErrClosed

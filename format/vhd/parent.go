@@ -70,7 +70,7 @@ func (m *Image) openParent(opts *block.OpenOptions) error {
 			return ce
 		}
 		if err != nil && strings.Contains(err.Error(), "backing chain deeper than") {
-			return &chainError{fmt.Sprintf("vhd: differencing disk %s: parent chain through %s is deeper than %d images (a loop?)", m.name, full, block.MaxBackingDepth)}
+			return &chainError{fmt.Sprintf("vhd: differencing disk %s: parent chain through %s is deeper than %d images", m.name, full, block.MaxBackingDepth)}
 		}
 		if err != nil {
 			return fmt.Errorf("vhd: differencing disk %s: parent from %s '%s': %w", m.name, c.from, full, err)
