@@ -24,16 +24,23 @@ const (
 	crashMaxSize = 24 << 20 // the writer grows the image up to this
 )
 
-// crashPattern is the content of the write with sequence number seq: it
-// names itself, so a reader can tell which write a block holds.
+// crashPattern is the content of the write with sequence number seq: each
+// 512-byte sector of it names the write and its own offset, so a reader
+// can tell which write every sector holds. (A write that spans several
+// host clusters is several pwrites, so an unacknowledged one may be found
+// torn at sector granularity after a kill; acknowledged ones never.)
 func crashPattern(seq uint64, off int64) []byte {
 	b := make([]byte, crashBlock)
 	r := rand.New(rand.NewSource(int64(seq)))
 	r.Read(b)
-	binary.BigEndian.PutUint64(b, seq)
-	binary.BigEndian.PutUint64(b[8:], uint64(off))
+	for i := 0; i < crashBlock; i += crashSector {
+		binary.BigEndian.PutUint64(b[i:], seq)
+		binary.BigEndian.PutUint64(b[i+8:], uint64(off)+uint64(i))
+	}
 	return b
 }
+
+const crashSector = 512
 
 // TestCrashWriter is the child process of TestCrash: it writes until it is
 // killed, logging the writes each completed flush acknowledged.
@@ -248,12 +255,17 @@ func verifyCrash(t *testing.T, name string, k int) {
 		if _, err := img.ReadAt(buf, off); err != nil {
 			t.Fatalf("after kill %d: read %d: %v", k, off, err)
 		}
-		got := binary.BigEndian.Uint64(buf)
-		if block.IsZero(buf) {
-			continue // discarded afterwards (discards are not tracked)
-		}
-		if got < seq || binary.BigEndian.Uint64(buf[8:]) != uint64(off) || !bytes.Equal(buf, crashPattern(got, off)) {
-			t.Fatalf("after kill %d: block at %d holds write %d, acknowledged write was %d", k, off, got, seq)
+		// Each sector holds the acknowledged write or a later one, whole,
+		// or zeros (discarded or zeroed afterwards; those are not tracked).
+		for i := 0; i < crashBlock; i += crashSector {
+			sec := buf[i : i+crashSector]
+			if block.IsZero(sec) {
+				continue
+			}
+			got := binary.BigEndian.Uint64(sec)
+			if got < seq || binary.BigEndian.Uint64(sec[8:]) != uint64(off)+uint64(i) || !bytes.Equal(sec, crashPattern(got, off)[i:i+crashSector]) {
+				t.Fatalf("after kill %d: sector at %d holds write %d, acknowledged write was %d", k, off+int64(i), got, seq)
+			}
 		}
 	}
 }
