@@ -30,44 +30,64 @@ const (
 
 var permNames = []string{"consistent read", "write", "write unchanged", "resize", "change children"}
 
-// lockImage applies QEMU's protocol: first check that nobody else holds a
-// conflicting byte, then take ours. perm is what we use, shared what we
-// allow others.
+// lockImage applies QEMU's protocol: first take our bytes, then check
+// that nobody else holds a conflicting one, and on a conflict drop ours
+// again. Taking before checking is what makes two openers exclude each
+// other: shared locks never conflict, so had both checked first, both
+// could pass and then both lock; this way the later of the two always sees
+// the earlier's bytes (both may fail, never both succeed). perm is what we
+// use, shared what we allow others.
 func lockImage(f *os.File, perm, shared int) error {
 	fd := int(f.Fd())
-	for i := range permNames {
-		bit := 1 << i
-		// We need bit: nobody may hold "does not share bit".
-		if perm&bit != 0 {
-			if held, err := othersHold(fd, lockSharedBase+i); err != nil {
-				return err
-			} else if held {
-				return fmt.Errorf("failed to get \"%s\" lock: is another process using the image? (use -U to read anyway)", permNames[i])
+	var taken []int
+	take := func(b int) error {
+		if err := setLock(fd, b); err != nil {
+			return err
+		}
+		taken = append(taken, b)
+		return nil
+	}
+	err := func() error {
+		for i := range permNames {
+			bit := 1 << i
+			if perm&bit != 0 {
+				if err := take(lockPermBase + i); err != nil {
+					return err
+				}
+			}
+			if shared&bit == 0 {
+				if err := take(lockSharedBase + i); err != nil {
+					return err
+				}
 			}
 		}
-		// We do not share bit: nobody may be using it.
-		if shared&bit == 0 {
-			if held, err := othersHold(fd, lockPermBase+i); err != nil {
-				return err
-			} else if held {
-				return fmt.Errorf("failed to get shared \"%s\" lock: is another process using the image? (use -U to read anyway)", permNames[i])
+		for i := range permNames {
+			bit := 1 << i
+			// We need bit: nobody may hold "does not share bit".
+			if perm&bit != 0 {
+				if held, err := othersHold(fd, lockSharedBase+i); err != nil {
+					return err
+				} else if held {
+					return fmt.Errorf("failed to get \"%s\" lock: is another process using the image? (use -U to read anyway)", permNames[i])
+				}
 			}
+			// We do not share bit: nobody may be using it.
+			if shared&bit == 0 {
+				if held, err := othersHold(fd, lockPermBase+i); err != nil {
+					return err
+				} else if held {
+					return fmt.Errorf("failed to get shared \"%s\" lock: is another process using the image? (use -U to read anyway)", permNames[i])
+				}
+			}
+		}
+		return nil
+	}()
+	if err != nil {
+		for _, b := range taken {
+			unlock(fd, b)
 		}
 	}
-	for i := range permNames {
-		bit := 1 << i
-		if perm&bit != 0 {
-			if err := setLock(fd, lockPermBase+i); err != nil {
-				return err
-			}
-		}
-		if shared&bit == 0 {
-			if err := setLock(fd, lockSharedBase+i); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return err
 }
 
 func othersHold(fd, b int) (bool, error) {
@@ -93,4 +113,11 @@ func setLock(fd, b int) error {
 		return fmt.Errorf("locking byte %d: %w", b, err)
 	}
 	return nil
+}
+
+// unlock drops our lock on byte b; an error leaves a lock that closing the
+// file drops anyway.
+func unlock(fd, b int) {
+	lk := unix.Flock_t{Type: unix.F_UNLCK, Whence: 0, Start: int64(b), Len: 1}
+	unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &lk)
 }
