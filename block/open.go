@@ -51,6 +51,11 @@ type OpenOptions struct {
 	// target: Flush and Close need not make data durable. For scratch
 	// copies that can be redone after a crash. Drivers may ignore it.
 	Unsafe bool
+	// Resize is set by an opener that will change the image's size: it
+	// takes QEMU's "resize" permission, which a writer of a raw image
+	// otherwise leaves alone so that raw readers, who refuse resizes,
+	// can share the image with it (as qemu-nbd and qemu-img resize do).
+	Resize bool
 	// Check is set by check: a driver may then tolerate damage it would
 	// refuse otherwise, report it from Check and, on a writable open,
 	// repair it there. Such an open is for Check alone.
@@ -81,6 +86,10 @@ type OpenFlags struct {
 	// an opener that must read the container (probe its format) before it
 	// knows which locks to take. Ignored with Create.
 	LockLater bool
+	// Resize, on a writable open, takes the "resize" permission even
+	// where Locker.Lock is told the format keeps no metadata in the
+	// container (OpenOptions.Resize).
+	Resize bool
 	// CreateSize, with Create, is the length the format will give the
 	// container. A protocol that can tell it cannot hold that many bytes
 	// (a file system's maximum file size) fails before it empties an
@@ -93,9 +102,12 @@ type OpenFlags struct {
 // when Lock is called.
 type Locker interface {
 	// Lock takes the locks for the flags the container was opened with.
-	// shareWrite lets others write and resize the container while a
-	// read-only open lasts, as QEMU's raw format does.
-	Lock(shareWrite bool) error
+	// dataOnly says the container holds nothing but the image's data (a
+	// raw image, not a backing file): a read-only open then lets others
+	// write the container, not resize it, as qemu-nbd -r does, and a
+	// writable one takes the "resize" permission only with
+	// OpenFlags.Resize, as qemu-io and qemu-nbd do.
+	Lock(dataOnly bool) error
 }
 
 // Protocol opens containers by name: a local file, an NBD URI.
@@ -185,7 +197,7 @@ func Open(name string, opts OpenOptions) (Image, error) {
 		}
 		format = f
 	}
-	f, err := OpenFile(name, OpenFlags{ReadOnly: opts.ReadOnly, ForceShare: opts.ForceShare, NoCache: opts.NoCache, LockLater: true})
+	f, err := OpenFile(name, OpenFlags{ReadOnly: opts.ReadOnly, ForceShare: opts.ForceShare, NoCache: opts.NoCache, Resize: opts.Resize, LockLater: true})
 	if err != nil {
 		return nil, err
 	}
@@ -206,7 +218,7 @@ func Open(name string, opts OpenOptions) (Image, error) {
 	if l, ok := f.(Locker); ok {
 		// A backing file is never shared for writing: its readers (the
 		// overlays) cannot tell that it changed under them.
-		if err := l.Lock(opts.ReadOnly && format.ReadersShareWrite && opts.Depth == 0); err != nil {
+		if err := l.Lock(format.ReadersShareWrite && opts.Depth == 0); err != nil {
 			f.Close()
 			return nil, err
 		}

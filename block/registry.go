@@ -42,10 +42,12 @@ type Format struct {
 	// or unknown, so that the protocol can make sure it can hold it.
 	CheckCreate func(name string, opts Options) (int64, error)
 
-	// ReadersShareWrite: a read-only open lets others write and resize
-	// the container, as QEMU's raw format does. A format without metadata
-	// cannot be left inconsistent by a writer, only show changing data;
-	// formats with metadata refuse writers while they read.
+	// ReadersShareWrite: a read-only open lets others write the
+	// container (but not resize it), as qemu-nbd -r on a raw image does,
+	// and a writable one needs resizing only when it resizes (see
+	// Locker). A format without metadata cannot be left inconsistent by a
+	// writer, only show changing data; formats with metadata refuse
+	// writers while they read.
 	ReadersShareWrite bool
 
 	// CreateOptions lists what Create understands, with defaults and help,

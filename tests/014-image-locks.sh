@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # QEMU's image locks between vdisk and qemu-img/qemu-io. A raw image read
-# by vdisk can be written by QEMU and the other way round, as QEMU's raw
-# format shares writing with readers; a qcow2 reader refuses writers,
+# by vdisk can be written (not resized) by QEMU, as with qemu-nbd -r, and
+# the other way round; a qcow2 reader refuses writers,
 # whose metadata changes it could not follow. Writers always exclude
 # each other.
 # needs: qemu-img qemu-io
@@ -31,11 +31,13 @@ hold() {
 unhold() { kill $HPID; wait $HPID 2>/dev/null || true; }
 ops() { grep -v ' ops; '; }
 
-echo "== vdisk serve -r raw: QEMU may write"
+echo "== vdisk serve -r raw: QEMU may write, not resize"
 start_bg "$TEST_DIR/r.sock" $VDISK serve -r -t -k "$TEST_DIR/r.sock" r.img
 qemu-io -f raw -c 'write -P 0x5a 0 512' r.img 2>&1 | ops
 qemu-io -f raw -c 'write -P 0x5b 512 512' r.img 2>&1 | ops
 qemu-img info r.img >/dev/null && echo "qemu-img info works"
+qemu-img resize -f raw r.img 2M 2>&1 | head -1
+$VDISK resize r.img 2M 2>&1
 $VDISK io -r -c 'read -P 0x5a 0 512' -c 'read -P 0x5b 512 512' r.img | ops
 stop_bg
 echo "== vdisk serve -r qcow2: QEMU may not"
@@ -49,6 +51,7 @@ qemu-img info r.img >/dev/null && echo "qemu-img info works"
 $VDISK info r.img | head -2
 $VDISK io -r -c 'read -P 0x5a 0 512' r.img | ops
 $VDISK io -c 'write -P 0x5c 0 512' r.img 2>&1
+$VDISK resize r.img 2M 2>&1
 qemu-io -f raw -c 'write -P 0x5c 0 512' r.img 2>&1 | sed "s#$TEST_DIR/##" | head -1
 stop_bg
 echo "== qemu-io writes raw: vdisk reads"

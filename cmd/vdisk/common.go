@@ -17,6 +17,7 @@ type openFlags struct {
 	cacheSize  string
 	meta       metaCacheFlags
 	check      bool // opening for a check (see block.OpenOptions.Check)
+	resize     bool // opening to resize (see block.OpenOptions.Resize)
 }
 
 // metaCacheFlags are QEMU's qcow2 runtime options l2-cache-size and
@@ -88,6 +89,7 @@ func (o *openFlags) open(name string, readOnly bool, noBacking bool) (block.Imag
 		NoBacking:  noBacking,
 		CacheSize:  cs,
 		Check:      o.check,
+		Resize:     o.resize,
 	}
 	if err := o.meta.apply(&opts); err != nil {
 		return nil, err

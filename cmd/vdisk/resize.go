@@ -35,6 +35,7 @@ by that much. Shrinking loses the data beyond the new end and needs --shrink.`,
 			if err != nil {
 				return fmt.Errorf("%s: %w; you may use K, M, G, T, P or E suffixes", name, err)
 			}
+			of.resize = true
 			img, err := of.open(name, false, true)
 			if err != nil {
 				return err

@@ -71,9 +71,13 @@ func Open(name string, flags block.OpenFlags) (block.File, error) {
 
 // Lock takes QEMU's image locks for the flags the file was opened with,
 // once. A reader needs a consistent image, so it refuses writers unless
-// shareWrite (a raw image, as QEMU's raw format shares writing); a writer
-// shares only reading and unchanged writes, as qemu-img does.
-func (f *File) Lock(shareWrite bool) error {
+// dataOnly (a raw image, as QEMU's raw format shares writing); even then
+// it refuses resizes, as qemu-nbd -r does, so the size it read stays
+// true. A writer shares only reading and unchanged writes, as qemu-img
+// does; it takes the resize permission unless dataOnly and not opened
+// to resize, as a raw writer's size does not change (qemu-io, qemu-nbd),
+// which lets raw readers share the image with it.
+func (f *File) Lock(dataOnly bool) error {
 	if f.locked || (f.flags.ForceShare && f.flags.ReadOnly) {
 		return nil
 	}
@@ -81,9 +85,12 @@ func (f *File) Lock(shareWrite bool) error {
 	switch {
 	case !f.flags.ReadOnly || f.flags.Create:
 		perm = permConsistentRead | permWrite | permResize
+		if dataOnly && !f.flags.Resize && !f.flags.Create {
+			perm &^= permResize
+		}
 		shared = permConsistentRead | permWriteUnchanged
-	case shareWrite:
-		shared = permAll
+	case dataOnly:
+		shared = permAll &^ permResize
 	}
 	if f.flags.ForceShare {
 		perm, shared = 0, permAll

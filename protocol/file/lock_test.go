@@ -139,9 +139,9 @@ func TestOpenErrors(t *testing.T) {
 	}
 }
 
-// A read-only open of a raw image lets QEMU write it, as QEMU's own raw
-// readers do (qemu-io -r, qemu-img map); a qcow2 reader does not, since a
-// writer could change the metadata under it.
+// A read-only open of a raw image lets QEMU write it but not resize it, as
+// qemu-nbd -r does; a qcow2 reader does not, since a writer could change
+// the metadata under it.
 func TestRawReaderSharesWrite(t *testing.T) {
 	name := newImage(t)
 	for _, opts := range []block.OpenOptions{{ReadOnly: true}, {ReadOnly: true, Format: "raw"}} {
@@ -156,6 +156,15 @@ func TestRawReaderSharesWrite(t *testing.T) {
 		b := make([]byte, 512)
 		if _, err := img.ReadAt(b, 0); err != nil || b[0] != 0x5a || b[511] != 0x5a {
 			t.Errorf("read after qemu-io's write: %v %x", err, b[:4])
+		}
+		// Resizing is refused, as with qemu-nbd -r: the reader's size
+		// must stay true.
+		out, err = exec.Command("qemu-img", "resize", "-f", "raw", name, "2M").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), `Failed to get "resize" lock`) {
+			t.Errorf("qemu-img resize while vdisk reads raw (format %q): %v %s", opts.Format, err, out)
+		}
+		if st, err := os.Stat(name); err != nil || st.Size() != 1<<20 {
+			t.Errorf("size after the refused resize: %v %v", st, err)
 		}
 		img.Close()
 	}
