@@ -6,7 +6,8 @@
 # info says the disk size of an export is unavailable, as qemu-img does;
 # qemu-io on a qcow2 export over TCP through a --cache-size read cache;
 # --socket replaces a stale socket file (as qemu-nbd does) but neither a
-# live socket nor a file of another kind.
+# live socket nor a file of another kind; of two servers started at once
+# on one socket, exactly one serves.
 # needs: qemu-img qemu-io nbdinfo jq
 . "$SRC_DIR/nbd-common.inc"
 
@@ -73,3 +74,22 @@ stop_serve
 echo "not a socket" > plain
 $VDISK serve -f raw -k "$TEST_DIR/plain" r2.raw 2>&1 | sed "s#$TEST_DIR#\$TEST_DIR#"; echo "exit ${PIPESTATUS[0]}"
 cat plain
+
+echo "== two servers started at once on a stale socket: one serves, the other refuses"
+start_serve -f raw -t -k "$TEST_DIR/s.sock" r.raw
+kill -KILL $SPID; wait $SPID 2>/dev/null
+$VDISK serve -r -f raw -t -k "$TEST_DIR/s.sock" r.raw 2>e1 &
+P1=$!
+$VDISK serve -r -f raw -t -k "$TEST_DIR/s.sock" r.raw 2>e2 &
+P2=$!
+for _ in $(seq 200); do
+	kill -0 $P1 2>/dev/null && kill -0 $P2 2>/dev/null || break
+	sleep 0.05
+done
+running=0
+for p in $P1 $P2; do kill -0 $p 2>/dev/null && running=$((running + 1)); done
+echo "servers running: $running"
+sed "s#$TEST_DIR#\$TEST_DIR#" e1 e2
+nbdinfo --size "nbd+unix:///?socket=$TEST_DIR/s.sock"
+kill $P1 $P2 2>/dev/null; wait $P1 $P2 2>/dev/null
+if [ -e s.sock ] || [ -e s.sock.lock ]; then echo "socket or lock file left behind"; fi

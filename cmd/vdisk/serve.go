@@ -189,8 +189,9 @@ func runServe(cmd *cobra.Command, args []string) error {
 
 	var l net.Listener
 	var err error
+	removeSocket := func() {}
 	if serveFlags.socket != "" {
-		l, err = listenUnix(serveFlags.socket)
+		l, removeSocket, err = listenUnix(serveFlags.socket)
 	} else {
 		l, err = net.Listen("tcp", net.JoinHostPort(serveFlags.bind, strconv.Itoa(serveFlags.port)))
 	}
@@ -218,6 +219,7 @@ func runServe(cmd *cobra.Command, args []string) error {
 	if serveFlags.pidFile != "" {
 		if err := os.WriteFile(serveFlags.pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
 			l.Close()
+			removeSocket()
 			closeAll()
 			return fmt.Errorf("serve: --pid-file: %w", err)
 		}
@@ -241,33 +243,11 @@ func runServe(cmd *cobra.Command, args []string) error {
 		runErr = errors.Join(runErr, errors.New("serve: requests still running after 30s; exiting anyway"))
 	}
 	signal.Stop(sigs)
-	if serveFlags.socket != "" {
-		os.Remove(serveFlags.socket)
-	}
+	removeSocket()
 	if serveFlags.pidFile != "" {
 		os.Remove(serveFlags.pidFile)
 	}
 	return errors.Join(runErr, closeAll())
-}
-
-// listenUnix listens on a Unix socket. A socket file left behind by a
-// server that died is replaced, as qemu-nbd does; unlike qemu-nbd, one
-// that a live server still answers on is not taken over, and a file of
-// another kind is never removed.
-func listenUnix(path string) (net.Listener, error) {
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != os.ModeSocket {
-			return nil, fmt.Errorf("%s exists and is not a socket", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("%s: another server is listening on this socket", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("removing stale socket: %w", err)
-		}
-	}
-	return net.Listen("unix", path)
 }
 
 func serverTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
