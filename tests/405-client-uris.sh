@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # vdisk's own commands on nbd:// and nbd+unix:// URIs, against servers
 # nobody here wrote (qemu-nbd, nbdkit memory and file plugins, nbdkit
-# enforcing a 4 KiB minimum block size) and against vdisk serve.
+# enforcing a 4 KiB minimum block size, nbdkit enforcing 512 bytes on an
+# export of 1000) and against vdisk serve.
 # needs: qemu-img qemu-io qemu-nbd nbdkit
 . "$SRC_DIR/nbd-common.inc"
 
@@ -60,6 +61,15 @@ qio -f raw -c 'read -P 0 0 100' -c 'read -P 0xcd 100 300' -c 'read -P 0 400 4600
 	-c 'read -P 0 6000 100' -c 'read -P 0x5a 6100 8900' -c 'read -P 0 15000 1000' "$B"
 $VDISK convert -n -O raw ref.raw "$B" && $VDISK compare ref.raw "$B"
 exercise "$B"
+stop_bg
+
+echo "### nbdkit with a minimum block size of 512 and a size of 1000: the export ends at 512"
+start_bg "$TEST_DIR/u.sock" nbdkit -f -U "$TEST_DIR/u.sock" --filter=blocksize-policy data '1 2 3 @900 4' size=1000 \
+	blocksize-minimum=512 blocksize-error-policy=error
+U="nbd+unix:///?socket=$TEST_DIR/u.sock"
+$VDISK info "$U" | grep -v '^disk size' | sed "s#$TEST_DIR#\$TEST_DIR#"
+$VDISK map --output json "$U"
+$VDISK io -f raw -c 'read -v 0 16' -c 'write -P 0x5a 500 12' -c 'read -P 0x5a 500 12' -c 'read -P 0 16 484' "$U" | grep -v ' ops; '
 stop_bg
 
 echo "### vdisk serve over TCP"

@@ -104,16 +104,14 @@ type edges struct {
 	mid        span  // the whole blocks in between, n == 0 if none
 }
 
-func (c *Client) edges(off, n int64) (edges, error) {
+// The export's size is a multiple of the block size (Dial rounds it
+// down), so the whole blocks around a range within it are within it too.
+func (c *Client) edges(off, n int64) edges {
 	b := c.minBlock
 	e := edges{lo: alignDown(off, b), hi: alignUp(off+n, b)}
-	if e.hi > c.size {
-		return e, fmt.Errorf("%s: %d+%d: the export's last %d bytes are not a whole block of %d, which the server requires",
-			c.name, off, n, c.size%b, b)
-	}
 	if e.hi-e.lo <= 2*b {
 		e.head = &span{off: e.lo, buf: make([]byte, e.hi-e.lo)}
-		return e, nil
+		return e
 	}
 	midLo, midHi := alignUp(off, b), alignDown(off+n, b)
 	if off != e.lo {
@@ -123,7 +121,7 @@ func (c *Client) edges(off, n int64) (edges, error) {
 		e.tail = &span{off: midHi, buf: make([]byte, b)}
 	}
 	e.mid = span{off: midLo, n: midHi - midLo}
-	return e, nil
+	return e
 }
 
 // bounces lists the bounce buffers.
@@ -140,13 +138,13 @@ func (e *edges) bounces() []span {
 // read fills p from off (within the export).
 func (c *Client) read(p []byte, off int64) error {
 	n := int64(len(p))
+	if n == 0 {
+		return nil
+	}
 	if off%c.minBlock == 0 && n%c.minBlock == 0 {
 		return c.split(nbd.CmdRead, 0, off, n, c.maxPayload, p)
 	}
-	e, err := c.edges(off, n)
-	if err != nil {
-		return err
-	}
+	e := c.edges(off, n)
 	spans := e.bounces()
 	if e.mid.n > 0 {
 		spans = append(spans, span{off: e.mid.off, buf: p[e.mid.off-off : e.mid.off-off+e.mid.n]})
@@ -179,8 +177,12 @@ func (c *Client) zero(flags uint16, off, n int64) error {
 }
 
 // modify writes p, or zeros if p is nil, over [off, off+n). Blocks only
-// partly covered are read, patched and written back whole.
+// partly covered are read, patched and written back whole; an empty range
+// covers none.
 func (c *Client) modify(p []byte, off, n int64, zflags uint16) error {
+	if n == 0 {
+		return nil
+	}
 	b := c.minBlock
 	whole := func(o, l int64) span {
 		if p == nil {
@@ -198,10 +200,7 @@ func (c *Client) modify(p []byte, off, n int64, zflags uint16) error {
 		defer c.rmw.lock(b > 1, off, off+n, false)()
 		return send(whole(off, n))
 	}
-	e, err := c.edges(off, n)
-	if err != nil {
-		return err
-	}
+	e := c.edges(off, n)
 	// Two read-modify-writes of one block must not interleave, nor may
 	// a write land between the read and the write-back of one: either
 	// would undo part of an acknowledged write.

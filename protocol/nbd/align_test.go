@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"errors"
 	"net"
 	"sync"
 	"testing"
@@ -103,5 +104,21 @@ func TestZeroAndTrimWithinMaximum(t *testing.T) {
 	}
 	if zeroed != 8<<20 || trimmed != 8<<20 {
 		t.Fatalf("zeroed %d, trimmed %d bytes", zeroed, trimmed)
+	}
+}
+
+// An empty read or write covers no block, wherever it starts: it sends
+// nothing, in particular no read-modify-write of the block it points into.
+func TestEmptyUnalignedIO(t *testing.T) {
+	c := &Client{name: "test", size: 8192, flags: nbd.FlagSendWriteZeroes, minBlock: 4096, maxPayload: 4096, maxLength: 4096,
+		err: errors.New("a request was sent")}
+	if _, err := c.WriteAt(nil, 100); err != nil {
+		t.Errorf("empty write: %v", err)
+	}
+	if err := c.ZeroRange(100, 0); err != nil {
+		t.Errorf("empty zeroing: %v", err)
+	}
+	if err := c.read(nil, 100); err != nil {
+		t.Errorf("empty read: %v", err)
 	}
 }

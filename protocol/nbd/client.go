@@ -221,6 +221,11 @@ func Dial(name string) (*Client, error) {
 		c.conn.Close()
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	// A last block the export holds only in part cannot be read or
+	// written: the server refuses requests that do not cover whole
+	// blocks, and the export ends within this one. So the export ends
+	// at the last whole block, and every request stays aligned.
+	c.size = alignDown(c.size, c.minBlock)
 	c.conn.SetDeadline(time.Time{})
 	go c.readLoop()
 	return c, nil

@@ -368,3 +368,52 @@ func firstDiff(a, b []byte) int {
 	}
 	return -1
 }
+
+// An export whose size is not a multiple of the server's minimum block
+// size ends at its last whole block: the part of a block beyond it could
+// be neither read nor written, as the server fails requests that do not
+// cover whole blocks. Opening, probing, mapping and unaligned I/O all
+// work on what remains.
+func TestExportSizeNotWholeBlocks(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s")
+	startTool(t, sock, "nbdkit", "-f", "-U", sock, "--filter=blocksize-policy", "data", "1 2 3 @900 4", "size=1000",
+		"blocksize-minimum=512", "blocksize-error-policy=error")
+	uri := "nbd+unix:///?socket=" + sock
+	img, err := block.Open(uri, block.OpenOptions{})
+	if err != nil {
+		t.Fatalf("open (probing the format): %v", err)
+	}
+	defer img.Close()
+	if img.Size() != 512 {
+		t.Errorf("size %d, want 512", img.Size())
+	}
+	got := make([]byte, 512)
+	if _, err := img.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if want := append([]byte{1, 2, 3}, make([]byte, 509)...); !bytes.Equal(got, want) {
+		t.Errorf("read %x…, want 010203 then zeros", got[:8])
+	}
+	p := bytes.Repeat([]byte{0x5a}, 12)
+	if _, err := img.WriteAt(p, 500); err != nil {
+		t.Fatalf("unaligned write at the end: %v", err)
+	}
+	if _, err := img.ReadAt(got[:12], 500); err != nil || !bytes.Equal(got[:12], p) {
+		t.Errorf("read back %x %v", got[:12], err)
+	}
+	f, err := nbdc.Dial(uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, r := range [][2]int64{{0, 512}, {1, 510}, {100, 412}} {
+		exts, err := f.MapData(r[0], r[1])
+		if err != nil {
+			t.Errorf("map %d+%d: %v", r[0], r[1], err)
+			continue
+		}
+		if len(exts) == 0 || exts[0].Offset != r[0] || exts[len(exts)-1].Offset+exts[len(exts)-1].Length != r[0]+r[1] {
+			t.Errorf("map %d+%d: %+v", r[0], r[1], exts)
+		}
+	}
+}
