@@ -54,7 +54,9 @@ func PrepareCreate(r CreateRequest) (*block.Format, block.Options, error) {
 		}
 		pairs = append(pairs, [2]string{"backing_file", r.Backing})
 		if r.BackingFormat == "" || size < 0 {
-			b, err := block.Open(block.ResolveBacking(name, r.Backing), block.OpenOptions{Format: r.BackingFormat, ReadOnly: true, NoBacking: true})
+			// Read without its locks, as qemu-img create does: the
+			// backing image may be open for writing elsewhere.
+			b, err := block.Open(block.ResolveBacking(name, r.Backing), block.OpenOptions{Format: r.BackingFormat, ReadOnly: true, NoBacking: true, ForceShare: true})
 			if err != nil {
 				return nil, nil, fmt.Errorf("%s: could not open backing file: %w", name, err)
 			}

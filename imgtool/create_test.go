@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"vdisk/block"
+	_ "vdisk/format/qcow2"
 	_ "vdisk/format/raw"
 	_ "vdisk/protocol/file"
 )
@@ -130,5 +131,41 @@ func TestConvertFiles(t *testing.T) {
 	got2, _ := os.ReadFile(bad)
 	if !bytes.Equal(got, got2) {
 		t.Error("-n conversion differs from the source")
+	}
+}
+
+// The backing image is read without its locks, as qemu-img create does,
+// so an overlay can be made while the backing image is open for writing.
+func TestPrepareCreateBackingInUse(t *testing.T) {
+	dir := t.TempDir()
+	base, top := filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "top.img")
+	f, _ := block.Lookup("qcow2")
+	o, err := block.ParseOptions(f.CreateOptions, [][2]string{{"size", "1M"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := block.Create(base, "qcow2", o); err != nil {
+		t.Fatal(err)
+	}
+	w, err := block.Open(base, block.OpenOptions{Format: "qcow2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	for _, fmtName := range []string{"qcow2", ""} {
+		_, o, err := PrepareCreate(CreateRequest{Name: top, Format: "imgtoolback", Backing: "base.qcow2", BackingFormat: fmtName, Size: -1})
+		if fmtName == "" {
+			// Probed only to say which format to name.
+			if err == nil || !strings.Contains(err.Error(), "pass -F qcow2") {
+				t.Errorf("without -F: %v", err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("backing image open for writing: %v", err)
+		}
+		if o.Size("size", -1) != 1<<20 {
+			t.Errorf("size %d, want the backing image's", o.Size("size", -1))
+		}
 	}
 }

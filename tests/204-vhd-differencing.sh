@@ -2,7 +2,7 @@
 # A differencing chain of three made and written by vdisk reads correctly;
 # writing a child never changes its parent; parents are found through the
 # locators and checked by unique id.
-# needs: vhdiinfo
+# needs: vhdiinfo qemu-io
 run() { "$@"; echo "exit $?"; }
 $VDISK create -q -f vhd base.vhd 6M
 $VDISK io -c "write -P 0x11 0 3M" -c "write -P 0x12 5M 100k" base.vhd >/dev/null
@@ -32,3 +32,13 @@ run $VDISK map mid.vhd
 $VDISK create -q -f vhd base.vhd 6M
 run $VDISK map mid.vhd 2>&1 | sed 's/[0-9a-f]\{8\}-[0-9a-f-]*/UUID/g'
 run $VDISK map -f vhd sub/top.vhd 2>&1 | sed 's/[0-9a-f]\{8\}-[0-9a-f-]*/UUID/g' 
+echo "== a child of a parent that another process writes (as qemu-img create, the parent is only looked at)"
+$VDISK create -q -f vhd busy.vhd 1M
+qemu-io -f vpc -c 'sleep 100000' busy.vhd &
+HPID=$!
+for _ in $(seq 200); do grep -q ":$(stat -c %i busy.vhd) " /proc/locks && break; sleep 0.05; done
+run $VDISK io -c 'write 0 512' busy.vhd 2>&1
+run $VDISK create -q -f vhd -b busy.vhd -F vhd busy-child.vhd
+run $VDISK create -q -f vhd -b busy.vhd busy-child2.vhd
+kill $HPID; wait $HPID 2>/dev/null
+$VDISK check busy-child.vhd

@@ -158,7 +158,10 @@ func openParent(name string, opts block.Options, backing string) (*Image, error)
 		}
 	}
 	full := block.ResolveBacking(name, backing)
-	pimg, err := block.Open(full, block.OpenOptions{Format: "vhd", ReadOnly: true})
+	// Like qemu-img create (bdrv_img_create), read the parent without
+	// its locks: it only needs to be looked at, and it may well be open
+	// for writing elsewhere while a child is made for later use.
+	pimg, err := block.Open(full, block.OpenOptions{Format: "vhd", ReadOnly: true, ForceShare: true})
 	if err != nil {
 		return nil, fmt.Errorf("vhd: opening parent: %w", err)
 	}

@@ -261,3 +261,32 @@ func TestOpenRefusesBadFooterFields(t *testing.T) {
 		}
 	}
 }
+
+// A differencing disk can be made while its parent is open for writing
+// elsewhere: create only looks at the parent, without its locks, as
+// qemu-img create does for a qcow2 overlay.
+func TestCreateChildOfParentInUse(t *testing.T) {
+	dir := t.TempDir()
+	base, child := filepath.Join(dir, "base.vhd"), filepath.Join(dir, "child.vhd")
+	makeVHD(t, base, map[string]string{"size": "1M"})
+	w, err := block.Open(base, block.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	makeVHD(t, child, map[string]string{"backing_file": "base.vhd"})
+	// The child is sound, and opening it (which locks its parent as a
+	// reader) is refused while the parent is written, as it must be.
+	c, err := block.Open(child, block.OpenOptions{ReadOnly: true, ForceShare: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Size() != w.Size() {
+		t.Errorf("child size %d, parent's %d", c.Size(), w.Size())
+	}
+	c.Close()
+	if c, err := block.Open(child, block.OpenOptions{ReadOnly: true}); err == nil {
+		c.Close()
+		t.Error("child opened with locks while its parent is written")
+	}
+}
