@@ -351,3 +351,44 @@ func TestStalledClientsDoNotStallOthers(t *testing.T) {
 		t.Fatalf("half a write payload reached the image: %v", err)
 	}
 }
+
+// ServeConn counts the slot a Serve loop holds for its next client as
+// taken: with MaxConns 2, one client served and Serve waiting for the
+// next, a connection handed to ServeConn is closed, and the next client
+// Serve accepts makes two connections, not three.
+func TestServeConnRespectsReservedSlots(t *testing.T) {
+	srv, addr, _ := testServer(t, 1<<20, func(s *Server) { s.MaxConns = 2 })
+	first := dial(t, addr)
+	first.goTo("", false)
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			srv.mu.Lock()
+			ok := cond()
+			srv.mu.Unlock()
+			if ok {
+				return
+			}
+		}
+		t.Fatalf("timed out waiting for %s", what)
+	}
+	waitFor("Serve to hold the second slot", func() bool { return len(srv.conns) == 1 && srv.reserved == 1 })
+
+	server, client := net.Pipe()
+	defer client.Close()
+	go srv.ServeConn(server)
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var b [18]byte
+	if n, err := io.ReadFull(client, b[:]); !errors.Is(err, io.EOF) {
+		t.Fatalf("ServeConn over the limit: read %d bytes, %v; want the connection closed", n, err)
+	}
+
+	second := dial(t, addr)
+	second.goTo("", false)
+	srv.mu.Lock()
+	n := len(srv.conns)
+	srv.mu.Unlock()
+	if n != 2 {
+		t.Errorf("%d connections, want 2", n)
+	}
+}

@@ -83,6 +83,8 @@ type Server struct {
 	// qemu-nbd does, Serve stops accepting while every slot is taken, so
 	// further clients wait in the listen backlog until one frees;
 	// ServeConn, handed a connection already accepted, closes it instead.
+	// A Serve loop waiting in accept holds a slot for its next client,
+	// which ServeConn cannot take.
 	MaxConns int
 	// HandshakeTimeout bounds the whole handshake so that a client that
 	// stalls cannot hold a connection slot; 0 means 10 seconds.
@@ -232,14 +234,15 @@ func (s *Server) reserve() bool {
 }
 
 // track registers a new connection, taking the slot reserve held for it
-// or refusing it over the limit.
+// or refusing it over the limit, where the slots Serve loops hold for the
+// clients they are about to accept count as taken.
 func (s *Server) track(c net.Conn, reserved bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if reserved {
 		s.reserved--
 	}
-	if s.closed || (!reserved && s.MaxConns > 0 && len(s.conns) >= s.MaxConns) {
+	if s.closed || (!reserved && s.MaxConns > 0 && len(s.conns)+s.reserved >= s.MaxConns) {
 		s.logf("nbd: refusing connection from %s: too many connections", c.RemoteAddr())
 		return false
 	}
