@@ -15,9 +15,17 @@ import (
 // reads and writes that meet the file's direct I/O alignment: they bypass
 // the host page cache, so data an attached image serves is cached once, in
 // the block device above it, not also as pages of the image file. Other
-// I/O (small metadata updates, unaligned guest requests) stays buffered;
-// the kernel keeps the two coherent, writing back cached pages before a
-// direct read of them and dropping them after a direct write.
+// I/O (small metadata updates, unaligned guest requests) stays buffered.
+//
+// Mixing the two relies on Linux writing back the dirty cached pages a
+// direct read or write covers before it, and dropping those a direct
+// write covers after it. A buffered write into such a page meanwhile
+// (metadata beside a 512-byte direct block in the same page) would leave
+// a stale cached page; on ext4 and xfs it cannot happen, as a buffered
+// write takes the inode lock exclusively and a direct write holds it,
+// shared or exclusive, across its write-back, write and invalidation.
+// Buffered reads are not serialised with direct writes, but a read that
+// overlaps a write in progress may see either content on any disk.
 type direct struct {
 	f        *os.File
 	memAlign int
@@ -72,9 +80,14 @@ func (d *direct) memAligned(p []byte) bool {
 	return uintptr(unsafe.Pointer(&p[0]))%uintptr(d.memAlign) == 0
 }
 
-// errFallback says a direct request could not be made (the file system
-// refused it); the caller repeats it buffered.
+// errFallback says the rest of a direct request, from the count
+// returned, could not go direct (the file system refused it, or a short
+// write left it unaligned); the caller does that rest buffered.
 var errFallback = errors.New("direct I/O refused")
+
+// directPwrite is pwrite for direct writes; tests replace it to make
+// short writes.
+var directPwrite = pwrite
 
 // readAt reads p at off with O_DIRECT. A short read means the end of the
 // file, as for os.File.ReadAt.
@@ -100,7 +113,7 @@ func (d *direct) transfer(p []byte, off int64, write bool) (int, error) {
 		var n int
 		var err error
 		if write {
-			n, err = pwrite(int(d.f.Fd()), buf, off+int64(done))
+			n, err = directPwrite(int(d.f.Fd()), buf, off+int64(done))
 		} else {
 			n, err = pread(int(d.f.Fd()), buf, off+int64(done))
 		}
@@ -111,18 +124,23 @@ func (d *direct) transfer(p []byte, off int64, write bool) (int, error) {
 			bouncePool.Put(bp)
 		}
 		if err != nil {
-			if done == 0 && errors.Is(err, unix.EINVAL) {
-				return 0, errFallback
+			if errors.Is(err, unix.EINVAL) {
+				return done, errFallback
 			}
 			return done, err
 		}
 		done += n
 		if n < len(buf) {
-			if write && n == 0 {
-				return done, io.ErrShortWrite
-			}
 			if !write {
 				return done, io.EOF
+			}
+			if n == 0 {
+				return done, io.ErrShortWrite
+			}
+			if (off+int64(done))%d.offAlign != 0 {
+				// A short write that stopped within a block: the rest
+				// cannot go direct.
+				return done, errFallback
 			}
 		}
 	}

@@ -137,9 +137,12 @@ func (f *File) OS() *os.File { return f.f }
 
 func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	if f.d.fits(len(p), off) {
-		if n, err := f.d.readAt(p, off); err != errFallback {
+		n, err := f.d.readAt(p, off)
+		if err != errFallback {
 			return n, err
 		}
+		m, err := f.f.ReadAt(p[n:], off+int64(n))
+		return n + m, err
 	}
 	return f.f.ReadAt(p, off)
 }
@@ -149,9 +152,12 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 		return 0, block.ErrReadOnly
 	}
 	if f.d.fits(len(p), off) {
-		if n, err := f.d.writeAt(p, off); err != errFallback {
+		n, err := f.d.writeAt(p, off)
+		if err != errFallback {
 			return n, err
 		}
+		m, err := f.f.WriteAt(p[n:], off+int64(n))
+		return n + m, err
 	}
 	return f.f.WriteAt(p, off)
 }
