@@ -266,11 +266,11 @@ func (c *copier) do(j copyJob, buf []byte) error {
 		return &copyError{read: true, what: "error while reading", off: j.off, err: err}
 	}
 	var ops []writeOp
-	var err error
+	var planErr error
 	if b == nil {
 		ops = c.zeroOp(nil, j.off, j.n)
-	} else if err = safely(func() (err error) { ops, err = c.plan(b, j.off); return err }); err != nil {
-		return &copyError{what: "error while writing", off: j.off, err: err}
+	} else {
+		planErr = safely(func() (err error) { ops, err = c.plan(b, j.off); return err })
 	}
 	if !c.o.OutOfOrder {
 		c.mu.Lock()
@@ -288,6 +288,11 @@ func (c *copier) do(j copyJob, buf []byte) error {
 			c.cond.Broadcast()
 			c.mu.Unlock()
 		}()
+	}
+	// A failed plan is reported in its turn: in order, the first error is
+	// then the one at the lowest offset, as with a serial copy.
+	if planErr != nil {
+		return &copyError{what: "error while writing", off: j.off, err: planErr}
 	}
 	for _, op := range ops {
 		if err := safely(op.run); err != nil {
