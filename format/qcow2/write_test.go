@@ -316,9 +316,6 @@ func TestConcurrent(t *testing.T) {
 	qemuCheck(t, name)
 }
 
-// TestRefcountGrowth fills an image whose refcount table and blocks cover
-// little (512-byte clusters, 64-bit refcounts), so both grow repeatedly,
-// and the L1 table grows with resizes.
 // Allocating writes write their data without the metadata lock. A write
 // of two whole unallocated clusters races a small write into the first,
 // next to readers, flushes, zeroing and discards elsewhere: the result is
@@ -431,6 +428,9 @@ func (f *slowFile) WriteAt(p []byte, off int64) (int, error) {
 	return f.File.WriteAt(p, off)
 }
 
+// TestRefcountGrowth fills an image whose refcount table and blocks cover
+// little (512-byte clusters, 64-bit refcounts), so both grow repeatedly,
+// and the L1 table grows with resizes.
 func TestRefcountGrowth(t *testing.T) {
 	for _, o := range []string{"cluster_size=512,refcount_bits=64", "cluster_size=512,refcount_bits=1,compat=1.1", "cluster_size=512,compat=0.10"} {
 		t.Run(o, func(t *testing.T) {
