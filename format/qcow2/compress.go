@@ -269,6 +269,7 @@ func (img *Image) storeCompressed(c compressed) error {
 		return err
 	}
 	if _, err := img.f.WriteAt(c.stream, host); err != nil {
+		img.free(host, int64(len(c.stream)))
 		return fmt.Errorf("qcow2: writing compressed data at %#x: %w", host, err)
 	}
 	sectors := uint64((host+int64(len(c.stream))-1)>>9 - host>>9)

@@ -2,12 +2,15 @@ package qcow2_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"math/rand"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -579,4 +582,75 @@ func TestExtendedL2PartialWritesLikeQemu(t *testing.T) {
 		t.Fatalf("qemu-img map differs:\nqemu:\n%s\nvdisk:\n%s", maps[0], maps[1])
 	}
 	run(t, "qemu-img", "compare", filepath.Join(dir, "qemu.qcow2"), filepath.Join(dir, "vdisk.qcow2"))
+}
+
+// failNthWrite fails the nth write to the file (counting from 1) with EIO,
+// as a failing disk would.
+type failNthWrite struct {
+	block.File
+	n     int32
+	count atomic.Int32
+}
+
+func (f *failNthWrite) WriteAt(p []byte, off int64) (int, error) {
+	if f.count.Add(1) == f.n {
+		return 0, fmt.Errorf("injected write failure at %#x: %w", off, syscall.EIO)
+	}
+	return f.File.WriteAt(p, off)
+}
+
+// A write that fails leaks nothing: neither the whole clusters it
+// allocated first, to write later without the metadata lock, when its
+// partial last cluster fails, nor that cluster, nor a compressed stream's
+// bytes.
+func TestFailedWriteFreesAllocatedClusters(t *testing.T) {
+	const cs = 4096
+	for _, tc := range []struct {
+		name  string
+		write func(img block.Image, fill byte) error
+		check []string // qemu-io commands after the write was repeated
+	}{
+		{"runs", func(img block.Image, fill byte) error {
+			_, err := img.WriteAt(bytes.Repeat([]byte{fill}, 4*cs+512), 0)
+			return err
+		}, []string{"read -P 2 0 16896", "read -P 0 16896 3584"}},
+		{"compressed", func(img block.Image, fill byte) error {
+			return img.(block.CompressedWriter).WriteCompressed(bytes.Repeat([]byte{fill}, cs), cs)
+		}, []string{"read -P 0 0 4096", "read -P 2 4096 4096"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := filepath.Join(t.TempDir(), "w.qcow2")
+			vdiskCreate(t, name, "cluster_size=4k", 1<<20)
+			f, err := file.Open(name, block.OpenFlags{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The first write of the session is the partial cluster's
+			// data, or the compressed stream.
+			img, err := qcow2.Open(&failNthWrite{File: f, n: 1}, &block.OpenOptions{Format: "qcow2"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.write(img, 1); !errors.Is(err, syscall.EIO) {
+				t.Fatalf("write: got %v, want the injected failure", err)
+			}
+			res, err := img.(block.Checker).Check(block.RepairNone)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Leaks != 0 || res.Corruptions != 0 {
+				t.Fatalf("after the failed write: %d leaks, %d corruptions\n%s", res.Leaks, res.Corruptions, strings.Join(res.Messages, "\n"))
+			}
+			// Clusters past the end of the file are not checked: the same
+			// write, now successful, brings them inside.
+			if err := tc.write(img, 2); err != nil {
+				t.Fatal(err)
+			}
+			if err := img.Close(); err != nil {
+				t.Fatal(err)
+			}
+			qemuCheck(t, name)
+			qemuIO(t, name, "qcow2", tc.check...)
+		})
+	}
 }
