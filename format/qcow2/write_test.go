@@ -2,6 +2,7 @@ package qcow2_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand"
@@ -653,4 +654,55 @@ func TestFailedWriteFreesAllocatedClusters(t *testing.T) {
 			qemuIO(t, name, "qcow2", tc.check...)
 		})
 	}
+}
+
+// A damaged image whose refcounts claim more than 2^20 clusters past the
+// end of the file (refcount blocks of 1-bit refcounts, all ones): as in
+// QEMU, the allocator passes over them to the first free cluster (check
+// leaves refcounts past the end alone, so nothing else would), and
+// qemu-img check of the result agrees with vdisk's.
+func TestAllocPastClaimedClusters(t *testing.T) {
+	const cs, blocks = 4096, 33 // each block covers 8*cs clusters
+	name := filepath.Join(t.TempDir(), "p.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k,refcount_bits=1", name, "64M")
+	// qemu-img's layout: header, refcount table, refcount block, L1.
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rt, rb := binary.BigEndian.Uint64(b[48:]), binary.BigEndian.Uint64(b[cs:]); rt != cs || rb != 2*cs {
+		t.Fatalf("unexpected layout: refcount table at %#x, first block at %#x", rt, rb)
+	}
+	// The 32 more blocks follow the L1 table.
+	b = append(b, make([]byte, (3+blocks)*cs-len(b))...)
+	for i := int64(0); i < blocks; i++ {
+		off := int64(2 * cs)
+		if i > 0 {
+			off = (3 + i) * cs
+		}
+		binary.BigEndian.PutUint64(b[cs+8*i:], uint64(off))
+		copy(b[off:off+cs], bytes.Repeat([]byte{0xff}, cs))
+	}
+	if err := os.WriteFile(name, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if claimed := int64(blocks)*8*cs - int64(len(b))/cs; claimed <= 1<<20 {
+		t.Fatalf("only %d clusters claimed past the end", claimed)
+	}
+	img := openRW(t, name)
+	if _, err := img.WriteAt(bytes.Repeat([]byte{1}, 64<<10), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.WriteAt(bytes.Repeat([]byte{2}, cs), 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	q := qemuCheckCounts(t, name)
+	v := checkImage(t, name, block.RepairNone)
+	if q.Corruptions != 0 || q.CheckErrors != 0 || v.Corruptions != q.Corruptions || v.Leaks != q.Leaks || v.ImageEndOffset != q.ImageEndOffset {
+		t.Fatalf("qemu-img check: %+v; vdisk check: %d corruptions, %d leaks, end %d", q, v.Corruptions, v.Leaks, v.ImageEndOffset)
+	}
+	qemuIO(t, name, "qcow2", "read -P 1 0 64k", "read -P 0 64k 32704k", "read -P 2 32M 4k")
 }
