@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"vdisk/block"
-	"vdisk/format/qcow2"
-	"vdisk/protocol/file"
 )
 
 // Check on an image that other goroutines write is exact, as qemu-img
@@ -23,15 +21,8 @@ func TestCheckWhileWriting(t *testing.T) {
 	const cs, size = 4096, 2 << 20
 	name := filepath.Join(t.TempDir(), "c.qcow2")
 	vdiskCreate(t, name, "cluster_size=4k", size)
-	f, err := file.Open(name, block.OpenFlags{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Slow data writes widen the window of allocating writes in flight.
-	img, err := qcow2.Open(&slowFile{File: f, min: cs, delay: 100 * time.Microsecond}, &block.OpenOptions{Format: "qcow2"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := openWrapped(t, name, func(f block.File) block.File { return &slowFile{File: f, min: cs, delay: 100 * time.Microsecond} })
 	text := bytes.Repeat([]byte("compressible text "), 2*cs/18+1)[:2*cs]
 	stop := make(chan struct{})
 	var wg sync.WaitGroup

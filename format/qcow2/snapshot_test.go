@@ -8,8 +8,6 @@ import (
 	"testing"
 
 	"vdisk/block"
-	"vdisk/format/qcow2"
-	"vdisk/protocol/file"
 )
 
 type snapshotter interface {
@@ -134,15 +132,7 @@ func TestSnapshotWriteFailures(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		f, err := file.Open(name, block.OpenFlags{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		img, err := qcow2.Open(&fixedFile{File: f, size: st.Size()}, &block.OpenOptions{Format: "qcow2"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return img
+		return openWrapped(t, name, func(f block.File) block.File { return &fixedFile{File: f, size: st.Size()} })
 	}
 	snapOpFails(t, name, openFixed(), "writing snapshot table", false, func(s snapshotter) error { return s.SnapshotDelete("s1") })
 	// One free cluster inside the file: the second cluster the last write

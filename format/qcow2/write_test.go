@@ -17,7 +17,6 @@ import (
 
 	"vdisk/block"
 	"vdisk/format/qcow2"
-	"vdisk/protocol/file"
 )
 
 func createOpts(t testing.TB, opts string, size int64) block.Options {
@@ -329,15 +328,8 @@ func TestConcurrentAllocatingWrites(t *testing.T) {
 	const cs, clusters = 4096, 256
 	name := filepath.Join(t.TempDir(), "a.qcow2")
 	vdiskCreate(t, name, "cluster_size=4k", 2*clusters*cs)
-	f, err := file.Open(name, block.OpenFlags{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Slow data writes, so that the writes overlap in time.
-	img, err := qcow2.Open(&slowFile{File: f, min: 2 * cs, delay: time.Millisecond}, &block.OpenOptions{Format: "qcow2"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := openWrapped(t, name, func(f block.File) block.File { return &slowFile{File: f, min: 2 * cs, delay: time.Millisecond} })
 	big := func(c int) []byte { return bytes.Repeat([]byte{byte(c + 1)}, 2*cs) }
 	small := bytes.Repeat([]byte{0xff}, 1024)
 	var wg sync.WaitGroup
@@ -498,14 +490,7 @@ func TestDiscardedClustersReused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := file.Open(name, block.OpenFlags{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := qcow2.Open(&fixedFile{File: f, size: st.Size()}, &block.OpenOptions{Format: "qcow2"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := openWrapped(t, name, func(f block.File) block.File { return &fixedFile{File: f, size: st.Size()} })
 	data := bytes.Repeat([]byte{0x5a}, 3<<20)
 	for round := 0; round < 3; round++ {
 		if err := img.Discard(0, 8<<20); err != nil {
@@ -622,16 +607,9 @@ func TestFailedWriteFreesAllocatedClusters(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			name := filepath.Join(t.TempDir(), "w.qcow2")
 			vdiskCreate(t, name, "cluster_size=4k", 1<<20)
-			f, err := file.Open(name, block.OpenFlags{})
-			if err != nil {
-				t.Fatal(err)
-			}
 			// The first write of the session is the partial cluster's
 			// data, or the compressed stream.
-			img, err := qcow2.Open(&failNthWrite{File: f, n: 1}, &block.OpenOptions{Format: "qcow2"})
-			if err != nil {
-				t.Fatal(err)
-			}
+			img := openWrapped(t, name, func(f block.File) block.File { return &failNthWrite{File: f, n: 1} })
 			if err := tc.write(img, 1); !errors.Is(err, syscall.EIO) {
 				t.Fatalf("write: got %v, want the injected failure", err)
 			}
