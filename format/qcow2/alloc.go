@@ -1,6 +1,7 @@
 package qcow2
 
 import (
+	"encoding/binary"
 	"fmt"
 	"sort"
 
@@ -49,40 +50,50 @@ func (img *Image) claimClusters(s, n int64) error {
 }
 
 // findFree finds n contiguous clusters with refcount 0 that no allocation
-// in progress has reserved, from the lowest candidate up.
+// in progress has reserved, from the lowest candidate up, as QEMU's
+// alloc_clusters_noref does. Clusters in use are skipped a word of
+// refcounts at a time, so that long runs of them cost little: those of a
+// full image, and those a damaged image's refcounts claim past the end of
+// the file, which QEMU's check leaves alone as well.
 func (img *Image) findFree(n int64) (int64, error) {
 	start, run := int64(0), int64(0)
 	seenFree := false
-	fsize, err := img.f.Size()
-	if err != nil {
-		return 0, err
-	}
-	// Refcounts claiming clusters far past the end of the file are
-	// corrupt; stop rather than scan them for ever.
-	limit := (fsize >> img.cbits) + 1<<20
-	for c := max(img.freeHint, 1); ; c++ {
-		if c<<img.cbits > maxHostOffset || c > limit {
-			return 0, fmt.Errorf("qcow2: no free cluster found (corrupt refcounts? run 'vdisk check -r all')")
+	for c := max(img.freeHint, 1); ; {
+		if c<<img.cbits >= maxHostOffset {
+			return 0, fmt.Errorf("qcow2: no free cluster below %#x, the largest host offset: the refcounts mark every cluster up to there as used", maxHostOffset)
+		}
+		bi := c >> img.rbBits
+		if bi >= int64(len(img.reftable)) && !img.reservedFrom(c) {
+			// Past the refcount table everything is free.
+			if run == 0 {
+				start = c
+			}
+			return start, nil
 		}
 		free := img.reservedAt(c) < 0
-		if free {
-			// Past the refcount table everything is free: skip the lookups.
-			if c>>img.rbBits >= int64(len(img.reftable)) && !img.reservedFrom(c) {
-				if run == 0 {
-					start = c
+		if free && bi < int64(len(img.reftable)) {
+			if off := int64(img.reftable[bi] & refOffsetMask); off != 0 {
+				t, err := img.loadTable(img.rbc, off, "refcount block")
+				if err != nil {
+					return 0, err
 				}
-				return start, nil
+				i := c & (1<<img.rbBits - 1)
+				if j := img.nextFreeEntry(t.buf, i); j > i {
+					// Clusters c up to the next free one are in use.
+					run = 0
+					c += j - i
+					if !seenFree {
+						img.freeHint = c
+					}
+					continue
+				}
 			}
-			rc, err := img.refcount(c)
-			if err != nil {
-				return 0, err
-			}
-			free = rc == 0
 		}
 		if !free {
 			run = 0
+			c++
 			if !seenFree {
-				img.freeHint = c + 1
+				img.freeHint = c
 			}
 			continue
 		}
@@ -94,7 +105,40 @@ func (img *Image) findFree(n int64) (int64, error) {
 		if run == n {
 			return start, nil
 		}
+		c++
 	}
+}
+
+// nextFreeEntry returns the index of the first refcount of zero in
+// refcount block b from index i on, or the number of entries in a block.
+// A 64-bit word with no zero field is passed over at once.
+func (img *Image) nextFreeEntry(b []byte, i int64) int64 {
+	per := int64(1) << img.rbBits
+	w := uint(1) << img.rcBits
+	perWord := int64(64 / w)
+	// lo has the lowest bit of every w-bit field set, hi the highest:
+	// (x - lo) &^ x & hi is nonzero exactly when a field of x is zero.
+	var lo uint64
+	for s := uint(0); s < 64; s += w {
+		lo |= 1 << s
+	}
+	hi := lo << (w - 1)
+	for i < per {
+		if i%perWord == 0 {
+			// The fields' order in the word does not matter, only
+			// that they stay whole.
+			x := binary.LittleEndian.Uint64(b[i/perWord*8:])
+			if (x-lo)&^x&hi == 0 {
+				i += perWord
+				continue
+			}
+		}
+		if img.rcGet(b, i) == 0 {
+			return i
+		}
+		i++
+	}
+	return per
 }
 
 func (img *Image) reservedFrom(c int64) bool {

@@ -11,36 +11,49 @@ import (
 const maxCheckClusters = 1 << 28
 
 // Check verifies refcounts and table structure with qemu-img check's
-// categories, repairing what mode allows.
+// categories, repairing what mode allows. As QEMU checks a quiesced image,
+// a writable image is checked with the metadata lock held exclusively,
+// once no allocating write is in flight and dirty metadata and queued
+// frees are written back: the result is exact while other goroutines
+// write, with neither their allocations nor their frees taken for leaks,
+// nor tables still in the cache read stale from the file.
 func (img *Image) Check(mode block.RepairMode) (*block.CheckResult, error) {
-	if mode != block.RepairNone && img.ro {
-		return nil, block.ErrReadOnly
-	}
-	if mode == block.RepairNone {
+	if img.ro {
+		if mode != block.RepairNone {
+			return nil, block.ErrReadOnly
+		}
 		img.mu.RLock()
 		defer img.mu.RUnlock()
-	} else {
-		img.lockMeta()
-		defer img.mu.Unlock()
-		if err := img.flushLocked(false); err != nil {
+		return img.checkLocked(mode, false)
+	}
+	img.lockMeta()
+	defer img.mu.Unlock()
+	if img.closed {
+		return nil, block.ErrClosed
+	}
+	if mode == block.RepairNone && img.corrupt {
+		// Marked corrupt by an overlap this session: nothing is written
+		// back (see Close), so the check judges what is on disk.
+		return img.checkLocked(mode, false)
+	}
+	if err := img.flushLocked(false); err != nil {
+		return nil, err
+	}
+	if mode != block.RepairNone && img.checkOnly && img.h.incompatible&incDirty != 0 && mode&block.RepairErrors != 0 {
+		// The rebuild a writable open of a dirty image does, left
+		// to the check that was asked for it.
+		res, err := img.checkLocked(mode, true)
+		if err != nil {
 			return nil, err
 		}
-		if img.checkOnly && img.h.incompatible&incDirty != 0 && mode&block.RepairErrors != 0 {
-			// The rebuild a writable open of a dirty image does, left
-			// to the check that was asked for it.
-			res, err := img.checkLocked(mode, true)
-			if err != nil {
-				return nil, err
-			}
-			if err := img.flushLocked(true); err != nil {
-				return nil, err
-			}
-			img.h.incompatible &^= incDirty
-			if err := img.writeHeaderSynced(); err != nil {
-				return nil, err
-			}
-			return res, nil
+		if err := img.flushLocked(true); err != nil {
+			return nil, err
 		}
+		img.h.incompatible &^= incDirty
+		if err := img.writeHeaderSynced(); err != nil {
+			return nil, err
+		}
+		return res, nil
 	}
 	return img.checkLocked(mode, false)
 }
@@ -112,11 +125,18 @@ func (c *checker) inc(off, n int64) {
 // whatever the offset names: a table cut short by the end of the file is
 // zero-padded (what its present part references must still count, or
 // those clusters would look leaked and a repair would free them), and an
-// unaligned offset is read where it points.
+// unaligned offset is read where it points. A cached table is taken from
+// the cache, as refcounts are, so that the check judges the image as this
+// open sees it.
 func (c *checker) loadL2(off int64) (*table, error) {
 	img := c.img
-	if off&(img.cs-1) == 0 && off+img.cs <= c.fsize {
-		return img.loadTable(img.l2c, off, "L2 table")
+	if off&(img.cs-1) == 0 {
+		if t := img.l2c.get(off); t != nil {
+			return t, nil
+		}
+		if off+img.cs <= c.fsize {
+			return img.loadTable(img.l2c, off, "L2 table")
+		}
 	}
 	buf := make([]byte, img.cs)
 	if off < c.fsize {

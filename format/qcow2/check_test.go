@@ -12,8 +12,6 @@ import (
 	"testing"
 
 	"vdisk/block"
-	"vdisk/format/qcow2"
-	"vdisk/protocol/file"
 )
 
 func poke(t *testing.T, name string, off int64, b []byte) {
@@ -289,14 +287,7 @@ func TestCheckNoRepairAfterReadError(t *testing.T) {
 	}
 	poke(t, name, 128<<10+2*9, be16(1)) // a real leak too, which must wait
 	before, _ := os.ReadFile(name)
-	f, err := file.Open(name, block.OpenFlags{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := qcow2.Open(&failingFile{File: f, bad: 256 << 10}, &block.OpenOptions{Format: "qcow2"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := openWrapped(t, name, func(f block.File) block.File { return &failingFile{File: f, bad: 256 << 10} })
 	for _, mode := range []block.RepairMode{block.RepairLeaks, block.RepairAll} {
 		res, err := img.(block.Checker).Check(mode)
 		if err == nil && res.CheckErrors == 0 {

@@ -268,13 +268,44 @@ func (img *Image) storeCompressed(c compressed) error {
 	if err != nil {
 		return err
 	}
+	d, err := img.compDescriptor(host, int64(len(c.stream)))
+	if err != nil {
+		img.free(host, int64(len(c.stream)))
+		return err
+	}
 	if _, err := img.f.WriteAt(c.stream, host); err != nil {
+		img.free(host, int64(len(c.stream)))
 		return fmt.Errorf("qcow2: writing compressed data at %#x: %w", host, err)
 	}
-	sectors := uint64((host+int64(len(c.stream))-1)>>9 - host>>9)
-	img.setEntry(t, idx, l2e{d: flagCompressed | sectors<<img.csizeShift | uint64(host)})
+	img.setEntry(t, idx, l2e{d: d})
 	img.freeEntry(old)
 	return img.afterMetaChange()
+}
+
+// initCompressedFields sets the layout of compressed cluster descriptors:
+// of the 62 bits below the flags, the host offset takes the low
+// 62 - (cluster_bits - 8) and the count of further 512-byte sectors the
+// rest.
+func (img *Image) initCompressedFields() {
+	img.csizeShift = 62 - (img.cbits - 8)
+	img.csizeMask = (uint64(1) << (img.cbits - 8)) - 1
+	img.compOffMask = (uint64(1) << img.csizeShift) - 1
+}
+
+// compDescriptor encodes the L2 entry of a compressed stream of n bytes at
+// host offset host. The offset field is narrower than an offset can be
+// (49 bits with 2 MiB clusters): an offset beyond it would spill into the
+// sector count and name other data, so it is refused.
+func (img *Image) compDescriptor(host, n int64) (uint64, error) {
+	if host <= 0 || uint64(host) > img.compOffMask {
+		return 0, fmt.Errorf("qcow2: cannot store compressed data at host offset %#x: with %d-byte clusters a compressed cluster's offset must be below %#x (the image file is too large for compressed writes)",
+			host, img.cs, img.compOffMask+1)
+	}
+	sectors := uint64((host+n-1)>>9 - host>>9)
+	if n <= 0 || n > img.cs || sectors > img.csizeMask {
+		return 0, fmt.Errorf("qcow2: compressed stream of %d bytes does not fit a compressed cluster descriptor", n)
+	}
+	return flagCompressed | sectors<<img.csizeShift | uint64(host), nil
 }
 
 var _ block.Precompressor = (*Image)(nil)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/flate"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	kflate "github.com/klauspost/compress/flate"
@@ -257,5 +259,33 @@ func BenchmarkDeflate(b *testing.B) {
 				b.ReportMetric(float64(total)/float64(len(data)), "out/in")
 			})
 		}
+	}
+}
+
+// With 512-byte clusters the offset field of a compressed cluster (61
+// bits) reaches past any host offset (56 bits): such a descriptor is
+// reported as corrupt, not read from wherever it points.
+func TestCompressedDescriptorBeyondHostOffsets(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "c.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", name, "64k")
+	qemuIO(t, name, "qcow2", "write -c -P 1 0 512")
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l1 := int64(binary.BigEndian.Uint64(b[40:]))
+	l2 := int64(binary.BigEndian.Uint64(b[l1:]) & 0x00fffffffffffe00)
+	if e := binary.BigEndian.Uint64(b[l2:]); e&(1<<62) == 0 {
+		t.Fatalf("L2 entry %#x is not compressed", e)
+	}
+	poke(t, name, l2, be64b(1<<62|1<<57))
+	img, err := block.Open(name, block.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	_, err = img.ReadAt(make([]byte, 512), 0)
+	if err == nil || !strings.Contains(err.Error(), "invalid compressed cluster descriptor") {
+		t.Fatalf("read: got %v, want the descriptor reported invalid", err)
 	}
 }

@@ -12,6 +12,8 @@ import (
 
 	"vdisk/block"
 	_ "vdisk/drivers"
+	"vdisk/format/qcow2"
+	"vdisk/protocol/file"
 )
 
 func run(t testing.TB, name string, args ...string) string {
@@ -135,4 +137,19 @@ func qemuCheck(t testing.TB, name string) {
 	if err != nil {
 		t.Fatalf("qemu-img check %s: %v %s", name, err, out)
 	}
+}
+
+// openWrapped opens a qcow2 image read/write through a wrapper of its
+// file, which injects delays or failures.
+func openWrapped(t testing.TB, name string, wrap func(block.File) block.File) block.Image {
+	t.Helper()
+	f, err := file.Open(name, block.OpenFlags{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := qcow2.Open(wrap(f), &block.OpenOptions{Format: "qcow2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
 }

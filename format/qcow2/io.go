@@ -190,7 +190,10 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 	}
 	var runs []freshRun
 	err = img.writeLocked(p, off, &runs)
-	if err == nil && len(runs) == 0 {
+	if err != nil {
+		// The runs it allocated are neither written nor linked.
+		img.dropRuns(runs)
+	} else if len(runs) == 0 {
 		err = img.afterMetaChange()
 	}
 	if err != nil || len(runs) == 0 {
@@ -242,16 +245,13 @@ func (img *Image) linkRuns(runs []freshRun, werr error) error {
 		werr = img.errCorrupted()
 	}
 	if werr != nil {
-		if img.df == nil {
-			for _, r := range runs {
-				img.free(r.host, r.n<<img.cbits)
-			}
-		}
+		img.dropRuns(runs)
 		return werr
 	}
-	for _, r := range runs {
+	for i, r := range runs {
 		t, idx, err := img.l2ForWrite(r.vc)
 		if err != nil {
+			img.dropRuns(runs[i:])
 			return err
 		}
 		for i := int64(0); i < r.n; i++ {
@@ -261,6 +261,23 @@ func (img *Image) linkRuns(runs []freshRun, werr error) error {
 		}
 	}
 	return img.afterMetaChange()
+}
+
+// dropRuns gives back the clusters of runs that no L2 entry points to.
+// img.mu held exclusively.
+func (img *Image) dropRuns(runs []freshRun) {
+	for _, r := range runs {
+		img.dropData(r.host, r.n)
+	}
+}
+
+// dropData gives back n data clusters from host on, allocated by a write
+// that failed before any L2 entry pointed to them. img.mu held
+// exclusively.
+func (img *Image) dropData(host, n int64) {
+	if img.df == nil { // data file clusters are not refcounted
+		img.free(host, n<<img.cbits)
+	}
 }
 
 // waitInflight waits, img.mu held exclusively, until no allocating write
@@ -439,6 +456,7 @@ func (img *Image) writeLocked(p []byte, off int64, fresh *[]freshRun) error {
 				continue
 			}
 			if _, err := img.data().WriteAt(p[pos-off:pos-off+n<<img.cbits], host); err != nil {
+				img.dropData(host, n)
 				return fmt.Errorf("qcow2: writing data at %#x: %w", host, err)
 			}
 			for i := int64(0); i < n; i++ {
@@ -477,6 +495,9 @@ func (img *Image) writeLocked(p []byte, off int64, fresh *[]freshRun) error {
 		_, err = img.data().WriteAt(buf, host)
 		img.bufPool.Put(bp)
 		if err != nil {
+			if !reuse {
+				img.dropData(host, 1)
+			}
 			return fmt.Errorf("qcow2: writing data at %#x: %w", host, err)
 		}
 		img.setEntry(t, idx, img.dataEntry(host))
@@ -517,6 +538,9 @@ func (img *Image) writeSubclusters(t *table, idx int, e l2e, at int64, p []byte)
 		}
 	}
 	if _, err := img.data().WriteAt(data, host+from); err != nil {
+		if e.host() == 0 {
+			img.dropData(host, 1)
+		}
 		return fmt.Errorf("qcow2: writing data at %#x: %w", host+from, err)
 	}
 	m := uint64(img.subMask(from, to))

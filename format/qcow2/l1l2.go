@@ -128,6 +128,11 @@ func (img *Image) lookup(vc int64) (l2e, error) {
 		if img.ext && e.bm != 0 {
 			return l2e{}, fmt.Errorf("qcow2: compressed cluster with subcluster bitmap at guest offset %#x (corrupt image)", vc<<img.cbits)
 		}
+		// With clusters of 8 KiB or less the offset field reaches past
+		// what any host offset may be.
+		if off, n, _, _ := img.compRange(e); off+n > maxHostOffset {
+			return l2e{}, fmt.Errorf("qcow2: invalid compressed cluster descriptor %#x for guest offset %#x: host offset beyond %#x (corrupt image)", e.d, vc<<img.cbits, maxHostOffset)
+		}
 	} else if e.d&^flagCopied&^offsetMask&^flagZero != 0 || e.host()&(img.cs-1) != 0 {
 		return l2e{}, fmt.Errorf("qcow2: invalid L2 entry %#x for guest offset %#x (corrupt image)", e.d, vc<<img.cbits)
 	}

@@ -200,9 +200,7 @@ func open(f block.File, opts *block.OpenOptions, l2Bytes, rbBytes int64) (*Image
 	}
 	img.rcBits = uint(h.refcountOrder)
 	img.rbBits = img.cbits + 3 - img.rcBits
-	img.csizeShift = 62 - (img.cbits - 8)
-	img.csizeMask = (uint64(1) << (img.cbits - 8)) - 1
-	img.compOffMask = (uint64(1) << img.csizeShift) - 1
+	img.initCompressedFields()
 	img.size.Store(int64(h.size))
 	img.corrupt = h.incompatible&incCorrupt != 0
 	if img.corrupt && !img.ro {

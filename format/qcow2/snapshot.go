@@ -147,18 +147,20 @@ func (img *Image) loadSnapshots(lenient bool) ([]string, error) {
 	return dropped, nil
 }
 
-func (img *Image) snapshotTableSize() int64 {
+func (img *Image) snapshotTableSize() int64 { return snapshotTableSize(img.snapshots) }
+
+func snapshotTableSize(snaps []snapshot) int64 {
 	var n int64
-	for _, s := range img.snapshots {
+	for _, s := range snaps {
 		n += (40 + int64(len(s.extra)+len(s.id)+len(s.name)) + 7) &^ 7
 	}
 	return n
 }
 
-func (img *Image) encodeSnapshots() []byte {
-	b := make([]byte, img.snapshotTableSize())
+func encodeSnapshots(snaps []snapshot) []byte {
+	b := make([]byte, snapshotTableSize(snaps))
 	off := 0
-	for _, s := range img.snapshots {
+	for _, s := range snaps {
 		e := b[off:]
 		binary.BigEndian.PutUint64(e[0:], s.l1Offset)
 		binary.BigEndian.PutUint32(e[8:], s.l1Size)
@@ -206,27 +208,55 @@ func (img *Image) findSnapshot(name string) int {
 // writeSnapshotTable writes the in-memory snapshot list to new clusters and
 // points the header at it by the next flush; the old table is freed after.
 func (img *Image) writeSnapshotTable() error {
-	oldOff, oldLen := int64(img.h.snapshotsOffset), int64(0)
-	if img.h.nbSnapshots > 0 {
-		oldLen = img.oldSnapshotTableLen
+	off, n, err := img.newSnapshotTable(img.snapshots)
+	if err != nil {
+		return err
 	}
-	b := img.encodeSnapshots()
-	var off int64
-	if len(b) > 0 {
-		var err error
-		if off, err = img.allocClusters((int64(len(b)) + img.cs - 1) >> img.cbits); err != nil {
-			return err
-		}
-		if _, err := img.f.WriteAt(b, off); err != nil {
-			return fmt.Errorf("qcow2: writing snapshot table: %w", err)
-		}
-	}
-	img.h.snapshotsOffset = uint64(off)
-	img.h.nbSnapshots = uint32(len(img.snapshots))
-	img.oldSnapshotTableLen = int64(len(b))
-	img.headerDirty = true
-	img.free(oldOff, oldLen)
+	img.useSnapshotTable(img.snapshots, off, n)
 	return nil
+}
+
+// newSnapshotTable writes the table of snaps to new clusters, which
+// nothing refers to until useSnapshotTable, and returns where. On failure
+// nothing is left allocated.
+func (img *Image) newSnapshotTable(snaps []snapshot) (off, n int64, err error) {
+	b := encodeSnapshots(snaps)
+	if len(b) == 0 {
+		return 0, 0, nil
+	}
+	if off, err = img.writeNewClusters(b); err != nil {
+		return 0, 0, fmt.Errorf("qcow2: writing snapshot table: %w", err)
+	}
+	return off, int64(len(b)), nil
+}
+
+// writeNewClusters writes b to newly allocated clusters and returns where;
+// if the write fails, the clusters are freed again.
+func (img *Image) writeNewClusters(b []byte) (int64, error) {
+	n := int64(len(b))
+	off, err := img.allocClusters((n + img.cs - 1) >> img.cbits)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := img.f.WriteAt(b, off); err != nil {
+		img.free(off, n)
+		return 0, err
+	}
+	return off, nil
+}
+
+// useSnapshotTable makes snaps, whose table newSnapshotTable wrote at
+// [off, off+n), the snapshot list; the header points to it by the next
+// flush, and the old table is freed after that.
+func (img *Image) useSnapshotTable(snaps []snapshot, off, n int64) {
+	if img.h.nbSnapshots > 0 {
+		img.free(int64(img.h.snapshotsOffset), img.oldSnapshotTableLen)
+	}
+	img.snapshots = snaps
+	img.h.snapshotsOffset = uint64(off)
+	img.h.nbSnapshots = uint32(len(snaps))
+	img.oldSnapshotTableLen = n
+	img.headerDirty = true
 }
 
 // walkTree calls fn for every L2 table and every host range of data an L1
@@ -273,7 +303,104 @@ func (img *Image) readL1(off uint64, n uint32) ([]uint64, error) {
 	return l1, nil
 }
 
+// treeClusters calls fn for each reference to a host cluster that the tree
+// of l1 makes: its L2 tables, and the clusters their entries use (a
+// compressed stream may reach into a second one).
+func (img *Image) treeClusters(l1 []uint64, fn func(c int64) error) error {
+	return img.walkTree(l1, func(off, n int64, _ bool) error {
+		for c := off >> img.cbits; c <= (off+n-1)>>img.cbits; c++ {
+			if err := fn(c); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// checkHeadroom makes sure, before anything changes, that every cluster
+// the tree of l1 references can take one more reference for each
+// reference: narrow refcounts (refcount_bits below 16) overflow on
+// clusters that several snapshots share or that many compressed streams
+// fill. img.mu held exclusively.
+func (img *Image) checkHeadroom(l1 []uint64) error {
+	fsize, err := img.f.Size()
+	if err != nil {
+		return err
+	}
+	// A cluster is referenced once by the tree as a rule: a bitmap of the
+	// file's clusters finds the others (compressed clusters, clusters
+	// past the end of a damaged image), which are counted in a map.
+	seen := make([]uint64, (fsize>>img.cbits+64)/64)
+	multi := map[int64]uint64{}
+	rcMax := img.rcMax()
+	return img.treeClusters(l1, func(c int64) error {
+		var n uint64
+		if w, bit := c/64, uint64(1)<<(c%64); w < int64(len(seen)) && seen[w]&bit == 0 {
+			seen[w] |= bit
+			n = 1
+		} else {
+			multi[c]++
+			n = multi[c]
+			if w < int64(len(seen)) {
+				n++ // the first reference, in the bitmap
+			}
+		}
+		rc, err := img.refcount(c)
+		if err != nil {
+			return err
+		}
+		if n > rcMax || rc > rcMax-n {
+			return fmt.Errorf("qcow2: host cluster %#x would need refcount %d, more than refcount_bits=%d allow (at most %d); the image was not changed",
+				c<<img.cbits, rc+n, 1<<img.rcBits, rcMax)
+		}
+		return nil
+	})
+}
+
+// raiseTreeRefs gives every cluster the tree of l1 references one more
+// reference for each reference (checkHeadroom first). If that fails
+// midway, the references already added are taken back. img.mu held
+// exclusively.
+func (img *Image) raiseTreeRefs(l1 []uint64) error {
+	var done int64
+	err := img.treeClusters(l1, func(c int64) error {
+		if err := img.addRefcount(c, 1); err != nil {
+			return err
+		}
+		done++
+		return nil
+	})
+	if err != nil {
+		if uerr := img.lowerTreeRefs(l1, done); uerr != nil {
+			err = fmt.Errorf("%w (and restoring the refcounts failed: %v)", err, uerr)
+		}
+	}
+	return err
+}
+
+var errWalkDone = errors.New("walk done")
+
+// lowerTreeRefs takes back the first n references raiseTreeRefs added
+// (all of them for n < 0).
+func (img *Image) lowerTreeRefs(l1 []uint64, n int64) error {
+	err := img.treeClusters(l1, func(c int64) error {
+		if n == 0 {
+			return errWalkDone
+		}
+		n--
+		return img.addRefcount(c, -1)
+	})
+	if errors.Is(err, errWalkDone) {
+		return nil
+	}
+	return err
+}
+
 // SnapshotCreate makes an internal snapshot of the current disk state.
+// Whatever can fail is done before the active tree changes: the check
+// that every shared cluster's refcount has room, and writing the new L1
+// and snapshot tables to fresh clusters. A failure leaves the image as it
+// was (at most a leaked cluster, if an I/O error also stops the undo).
 func (img *Image) SnapshotCreate(name string) error {
 	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
@@ -283,10 +410,16 @@ func (img *Image) SnapshotCreate(name string) error {
 	}
 	img.lockMeta()
 	defer img.mu.Unlock()
+	if img.closed {
+		return block.ErrClosed
+	}
 	if len(img.snapshots) >= maxSnapshots {
 		return errors.New("qcow2: too many snapshots")
 	}
 	if err := img.flushLocked(false); err != nil {
+		return err
+	}
+	if err := img.checkHeadroom(img.l1); err != nil {
 		return err
 	}
 	maxID := 0
@@ -310,34 +443,38 @@ func (img *Image) SnapshotCreate(name string) error {
 		l1[i] = e &^ flagCopied
 	}
 	if len(l1) > 0 {
-		off, err := img.allocClusters((int64(len(l1))*8 + img.cs - 1) >> img.cbits)
+		off, err := img.writeNewClusters(encodeTable(l1))
 		if err != nil {
-			return err
-		}
-		if _, err := img.f.WriteAt(encodeTable(l1), off); err != nil {
 			return fmt.Errorf("qcow2: writing snapshot L1 table: %w", err)
 		}
 		s.l1Offset = uint64(off)
 	}
-	// Every table and cluster the active tree reaches gains a reference.
-	if err := img.walkTree(img.l1, func(off, n int64, _ bool) error {
-		for c := off >> img.cbits; c <= (off+n-1)>>img.cbits; c++ {
-			if err := img.addRefcount(c, 1); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
+	snaps := append(img.snapshots[:len(img.snapshots):len(img.snapshots)], s)
+	tOff, tLen, err := img.newSnapshotTable(snaps)
+	if err != nil {
+		img.free(int64(s.l1Offset), int64(s.l1Size)*8)
 		return err
+	}
+	undo := func(err error) error {
+		img.free(tOff, tLen)
+		img.free(int64(s.l1Offset), int64(s.l1Size)*8)
+		return err
+	}
+	// Every table and cluster the active tree reaches gains a reference.
+	if err := img.raiseTreeRefs(img.l1); err != nil {
+		return undo(err)
 	}
 	if err := img.clearCopied(); err != nil {
-		return err
+		// COPIED is right again wherever the refcounts are back to 1.
+		if uerr := img.lowerTreeRefs(img.l1, -1); uerr != nil {
+			return undo(fmt.Errorf("%w (and restoring the refcounts failed: %v)", err, uerr))
+		}
+		if _, uerr := img.fixCopied(); uerr != nil {
+			return undo(fmt.Errorf("%w (and restoring the COPIED flags failed: %v)", err, uerr))
+		}
+		return undo(err)
 	}
-	img.snapshots = append(img.snapshots, s)
-	if err := img.writeSnapshotTable(); err != nil {
-		img.snapshots = img.snapshots[:len(img.snapshots)-1]
-		return err
-	}
+	img.useSnapshotTable(snaps, tOff, tLen)
 	return img.flushLocked(false)
 }
 
@@ -441,15 +578,26 @@ func (img *Image) loadSnapshotLocked(name string) (int, []uint64, error) {
 	return i, sl1, nil
 }
 
-// SnapshotApply reverts the disk to a snapshot.
+// SnapshotApply reverts the disk to a snapshot. The refcounts are checked
+// for room before anything changes; once the active L1 table has switched
+// to the snapshot's tree, a failure can only leak clusters.
 func (img *Image) SnapshotApply(name string) error {
 	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
 	img.lockMeta()
 	defer img.mu.Unlock()
+	if img.closed {
+		return block.ErrClosed
+	}
 	i, sl1, err := img.loadSnapshotLocked(name)
 	if err != nil {
+		return err
+	}
+	// The snapshot's tree gains its references before the current tree
+	// loses its own (after the switch is durable), so a cluster both
+	// share needs room for one more.
+	if err := img.checkHeadroom(sl1); err != nil {
 		return err
 	}
 	s := img.snapshots[i]
@@ -471,22 +619,10 @@ func (img *Image) SnapshotApply(name string) error {
 	}
 	// New references first, then switch the L1 table, then drop the old
 	// tree's references once the switch is durable.
-	if err := img.walkTree(sl1, func(off, n int64, _ bool) error {
-		for c := off >> img.cbits; c <= (off+n-1)>>img.cbits; c++ {
-			if err := img.addRefcount(c, 1); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
+	if err := img.raiseTreeRefs(sl1); err != nil {
 		return err
 	}
-	if err := img.walkTree(img.l1, func(off, n int64, _ bool) error {
-		img.free(off, n)
-		return nil
-	}); err != nil {
-		return err
-	}
+	old := append([]uint64(nil), img.l1...)
 	for j := range img.l1 {
 		img.l1[j] = 0
 		if j < len(sl1) {
@@ -495,6 +631,15 @@ func (img *Image) SnapshotApply(name string) error {
 	}
 	img.tablesChanged()
 	img.l1Dirty = true
+	// Queued only now that nothing active refers to the old tree: if
+	// reading one of its tables fails, the rest of it leaks, and nothing
+	// still in use is freed.
+	if err := img.walkTree(old, func(off, n int64, _ bool) error {
+		img.free(off, n)
+		return nil
+	}); err != nil {
+		return err
+	}
 	if err := img.flushLocked(false); err != nil {
 		return err
 	}
@@ -504,22 +649,30 @@ func (img *Image) SnapshotApply(name string) error {
 	return img.flushLocked(false)
 }
 
-// SnapshotDelete removes a snapshot and frees what only it referenced.
+// SnapshotDelete removes a snapshot and frees what only it referenced. The
+// snapshot table without it is written before anything changes, and its
+// tree is freed only once it is gone from the list: a failure leaks
+// clusters at most.
 func (img *Image) SnapshotDelete(name string) error {
 	if img.ro || img.checkOnly {
 		return block.ErrReadOnly
 	}
 	img.lockMeta()
 	defer img.mu.Unlock()
+	if img.closed {
+		return block.ErrClosed
+	}
 	i, sl1, err := img.loadSnapshotLocked(name)
 	if err != nil {
 		return err
 	}
 	s := img.snapshots[i]
-	img.snapshots = append(img.snapshots[:i:i], img.snapshots[i+1:]...)
-	if err := img.writeSnapshotTable(); err != nil {
+	snaps := append(img.snapshots[:i:i], img.snapshots[i+1:]...)
+	tOff, tLen, err := img.newSnapshotTable(snaps)
+	if err != nil {
 		return err
 	}
+	img.useSnapshotTable(snaps, tOff, tLen)
 	if err := img.walkTree(sl1, func(off, n int64, _ bool) error {
 		img.free(off, n)
 		return nil

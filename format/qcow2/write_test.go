@@ -2,18 +2,21 @@ package qcow2_test
 
 import (
 	"bytes"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"vdisk/block"
 	"vdisk/format/qcow2"
-	"vdisk/protocol/file"
 )
 
 func createOpts(t testing.TB, opts string, size int64) block.Options {
@@ -316,9 +319,6 @@ func TestConcurrent(t *testing.T) {
 	qemuCheck(t, name)
 }
 
-// TestRefcountGrowth fills an image whose refcount table and blocks cover
-// little (512-byte clusters, 64-bit refcounts), so both grow repeatedly,
-// and the L1 table grows with resizes.
 // Allocating writes write their data without the metadata lock. A write
 // of two whole unallocated clusters races a small write into the first,
 // next to readers, flushes, zeroing and discards elsewhere: the result is
@@ -328,15 +328,8 @@ func TestConcurrentAllocatingWrites(t *testing.T) {
 	const cs, clusters = 4096, 256
 	name := filepath.Join(t.TempDir(), "a.qcow2")
 	vdiskCreate(t, name, "cluster_size=4k", 2*clusters*cs)
-	f, err := file.Open(name, block.OpenFlags{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Slow data writes, so that the writes overlap in time.
-	img, err := qcow2.Open(&slowFile{File: f, min: 2 * cs, delay: time.Millisecond}, &block.OpenOptions{Format: "qcow2"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := openWrapped(t, name, func(f block.File) block.File { return &slowFile{File: f, min: 2 * cs, delay: time.Millisecond} })
 	big := func(c int) []byte { return bytes.Repeat([]byte{byte(c + 1)}, 2*cs) }
 	small := bytes.Repeat([]byte{0xff}, 1024)
 	var wg sync.WaitGroup
@@ -431,6 +424,9 @@ func (f *slowFile) WriteAt(p []byte, off int64) (int, error) {
 	return f.File.WriteAt(p, off)
 }
 
+// TestRefcountGrowth fills an image whose refcount table and blocks cover
+// little (512-byte clusters, 64-bit refcounts), so both grow repeatedly,
+// and the L1 table grows with resizes.
 func TestRefcountGrowth(t *testing.T) {
 	for _, o := range []string{"cluster_size=512,refcount_bits=64", "cluster_size=512,refcount_bits=1,compat=1.1", "cluster_size=512,compat=0.10"} {
 		t.Run(o, func(t *testing.T) {
@@ -494,14 +490,7 @@ func TestDiscardedClustersReused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := file.Open(name, block.OpenFlags{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := qcow2.Open(&fixedFile{File: f, size: st.Size()}, &block.OpenOptions{Format: "qcow2"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := openWrapped(t, name, func(f block.File) block.File { return &fixedFile{File: f, size: st.Size()} })
 	data := bytes.Repeat([]byte{0x5a}, 3<<20)
 	for round := 0; round < 3; round++ {
 		if err := img.Discard(0, 8<<20); err != nil {
@@ -579,4 +568,119 @@ func TestExtendedL2PartialWritesLikeQemu(t *testing.T) {
 		t.Fatalf("qemu-img map differs:\nqemu:\n%s\nvdisk:\n%s", maps[0], maps[1])
 	}
 	run(t, "qemu-img", "compare", filepath.Join(dir, "qemu.qcow2"), filepath.Join(dir, "vdisk.qcow2"))
+}
+
+// failNthWrite fails the nth write to the file (counting from 1) with EIO,
+// as a failing disk would.
+type failNthWrite struct {
+	block.File
+	n     int32
+	count atomic.Int32
+}
+
+func (f *failNthWrite) WriteAt(p []byte, off int64) (int, error) {
+	if f.count.Add(1) == f.n {
+		return 0, fmt.Errorf("injected write failure at %#x: %w", off, syscall.EIO)
+	}
+	return f.File.WriteAt(p, off)
+}
+
+// A write that fails leaks nothing: neither the whole clusters it
+// allocated first, to write later without the metadata lock, when its
+// partial last cluster fails, nor that cluster, nor a compressed stream's
+// bytes.
+func TestFailedWriteFreesAllocatedClusters(t *testing.T) {
+	const cs = 4096
+	for _, tc := range []struct {
+		name  string
+		write func(img block.Image, fill byte) error
+		check []string // qemu-io commands after the write was repeated
+	}{
+		{"runs", func(img block.Image, fill byte) error {
+			_, err := img.WriteAt(bytes.Repeat([]byte{fill}, 4*cs+512), 0)
+			return err
+		}, []string{"read -P 2 0 16896", "read -P 0 16896 3584"}},
+		{"compressed", func(img block.Image, fill byte) error {
+			return img.(block.CompressedWriter).WriteCompressed(bytes.Repeat([]byte{fill}, cs), cs)
+		}, []string{"read -P 0 0 4096", "read -P 2 4096 4096"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := filepath.Join(t.TempDir(), "w.qcow2")
+			vdiskCreate(t, name, "cluster_size=4k", 1<<20)
+			// The first write of the session is the partial cluster's
+			// data, or the compressed stream.
+			img := openWrapped(t, name, func(f block.File) block.File { return &failNthWrite{File: f, n: 1} })
+			if err := tc.write(img, 1); !errors.Is(err, syscall.EIO) {
+				t.Fatalf("write: got %v, want the injected failure", err)
+			}
+			res, err := img.(block.Checker).Check(block.RepairNone)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Leaks != 0 || res.Corruptions != 0 {
+				t.Fatalf("after the failed write: %d leaks, %d corruptions\n%s", res.Leaks, res.Corruptions, strings.Join(res.Messages, "\n"))
+			}
+			// Clusters past the end of the file are not checked: the same
+			// write, now successful, brings them inside.
+			if err := tc.write(img, 2); err != nil {
+				t.Fatal(err)
+			}
+			if err := img.Close(); err != nil {
+				t.Fatal(err)
+			}
+			qemuCheck(t, name)
+			qemuIO(t, name, "qcow2", tc.check...)
+		})
+	}
+}
+
+// A damaged image whose refcounts claim more than 2^20 clusters past the
+// end of the file (refcount blocks of 1-bit refcounts, all ones): as in
+// QEMU, the allocator passes over them to the first free cluster (check
+// leaves refcounts past the end alone, so nothing else would), and
+// qemu-img check of the result agrees with vdisk's.
+func TestAllocPastClaimedClusters(t *testing.T) {
+	const cs, blocks = 4096, 33 // each block covers 8*cs clusters
+	name := filepath.Join(t.TempDir(), "p.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k,refcount_bits=1", name, "64M")
+	// qemu-img's layout: header, refcount table, refcount block, L1.
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rt, rb := binary.BigEndian.Uint64(b[48:]), binary.BigEndian.Uint64(b[cs:]); rt != cs || rb != 2*cs {
+		t.Fatalf("unexpected layout: refcount table at %#x, first block at %#x", rt, rb)
+	}
+	// The 32 more blocks follow the L1 table.
+	b = append(b, make([]byte, (3+blocks)*cs-len(b))...)
+	for i := int64(0); i < blocks; i++ {
+		off := int64(2 * cs)
+		if i > 0 {
+			off = (3 + i) * cs
+		}
+		binary.BigEndian.PutUint64(b[cs+8*i:], uint64(off))
+		copy(b[off:off+cs], bytes.Repeat([]byte{0xff}, cs))
+	}
+	if err := os.WriteFile(name, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if claimed := int64(blocks)*8*cs - int64(len(b))/cs; claimed <= 1<<20 {
+		t.Fatalf("only %d clusters claimed past the end", claimed)
+	}
+	img := openRW(t, name)
+	if _, err := img.WriteAt(bytes.Repeat([]byte{1}, 64<<10), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.WriteAt(bytes.Repeat([]byte{2}, cs), 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	q := qemuCheckCounts(t, name)
+	v := checkImage(t, name, block.RepairNone)
+	if q.Corruptions != 0 || q.CheckErrors != 0 || v.Corruptions != q.Corruptions || v.Leaks != q.Leaks || v.ImageEndOffset != q.ImageEndOffset {
+		t.Fatalf("qemu-img check: %+v; vdisk check: %d corruptions, %d leaks, end %d", q, v.Corruptions, v.Leaks, v.ImageEndOffset)
+	}
+	qemuIO(t, name, "qcow2", "read -P 1 0 64k", "read -P 0 64k 32704k", "read -P 2 32M 4k")
 }
