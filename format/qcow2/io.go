@@ -254,13 +254,20 @@ func (img *Image) linkRuns(runs []freshRun, werr error) error {
 			img.dropRuns(runs[i:])
 			return err
 		}
-		for i := int64(0); i < r.n; i++ {
-			old := img.getEntry(t, idx+int(i))
-			img.setEntry(t, idx+int(i), img.dataEntry(r.host+i<<img.cbits))
-			img.freeEntry(old)
-		}
+		img.linkData(t, idx, r.host, r.n)
 	}
 	return img.afterMetaChange()
+}
+
+// linkData points the n L2 entries of t from idx on to the data clusters
+// from host on, written already, and frees what they pointed to before.
+// img.mu held exclusively.
+func (img *Image) linkData(t *table, idx int, host, n int64) {
+	for i := range int(n) {
+		old := img.getEntry(t, idx+i)
+		img.setEntry(t, idx+i, img.dataEntry(host+int64(i)<<img.cbits))
+		img.freeEntry(old)
+	}
 }
 
 // dropRuns gives back the clusters of runs that no L2 entry points to.
@@ -459,11 +466,7 @@ func (img *Image) writeLocked(p []byte, off int64, fresh *[]freshRun) error {
 				img.dropData(host, n)
 				return fmt.Errorf("qcow2: writing data at %#x: %w", host, err)
 			}
-			for i := int64(0); i < n; i++ {
-				old := img.getEntry(t, idx+int(i))
-				img.setEntry(t, idx+int(i), img.dataEntry(host+i<<img.cbits))
-				img.freeEntry(old)
-			}
+			img.linkData(t, idx, host, n)
 			pos += n << img.cbits
 			continue
 		}
