@@ -170,8 +170,8 @@ func (img *Image) WriteCompressed(p []byte, off int64) error {
 
 // compressed is one cluster prepared by Precompress.
 type compressed struct {
-	off, n int64  // guest offset; bytes of the cluster inside the image
-	raw    []byte // the cluster's data, stored as is when it does not shrink
+	off    int64  // guest offset
+	raw    []byte // the cluster's bytes inside the image, stored as is when it does not shrink
 	stream []byte // the compressed stream; nil when it does not shrink
 	zero   bool
 }
@@ -197,7 +197,7 @@ func (img *Image) Precompress(p []byte, off int64) (func() error, error) {
 	var streams []byte
 	for len(p) > 0 {
 		n := min(int64(len(p)), img.cs)
-		c := compressed{off: off, n: n, raw: p[:n]}
+		c := compressed{off: off, raw: p[:n]}
 		full := c.raw
 		if n < img.cs {
 			full = make([]byte, img.cs)
