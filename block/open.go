@@ -140,17 +140,22 @@ func RegisterProtocol(p *Protocol) {
 	protocols.list = append(protocols.list, p)
 }
 
-// OpenFile opens a container through the protocol its name selects.
-func OpenFile(name string, flags OpenFlags) (File, error) {
+// protocolFor returns the protocol whose Match takes name; when none does,
+// the fallback (which may be nil), with matched false.
+func protocolFor(name string) (p *Protocol, matched bool) {
 	protocols.RLock()
-	p := protocols.fallback
+	defer protocols.RUnlock()
 	for _, q := range protocols.list {
 		if q.Match(name) {
-			p = q
-			break
+			return q, true
 		}
 	}
-	protocols.RUnlock()
+	return protocols.fallback, false
+}
+
+// OpenFile opens a container through the protocol its name selects.
+func OpenFile(name string, flags OpenFlags) (File, error) {
+	p, _ := protocolFor(name)
 	if p == nil {
 		return nil, fmt.Errorf("%s: no protocol driver for this name", name)
 	}
@@ -159,27 +164,15 @@ func OpenFile(name string, flags OpenFlags) (File, error) {
 
 // IsVolatile reports whether name belongs to a Volatile protocol.
 func IsVolatile(name string) bool {
-	protocols.RLock()
-	defer protocols.RUnlock()
-	for _, q := range protocols.list {
-		if q.Match(name) {
-			return q.Volatile
-		}
-	}
-	return false
+	p, matched := protocolFor(name)
+	return matched && p.Volatile
 }
 
 // IsLocalName reports whether name refers to a local file rather than a
 // container of another protocol (nbd://…, mem:…).
 func IsLocalName(name string) bool {
-	protocols.RLock()
-	defer protocols.RUnlock()
-	for _, q := range protocols.list {
-		if q.Match(name) {
-			return false
-		}
-	}
-	return true
+	_, matched := protocolFor(name)
+	return !matched
 }
 
 // Open opens the image called name: it opens the container through its
