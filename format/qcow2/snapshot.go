@@ -329,8 +329,12 @@ func (img *Image) checkHeadroom(l1 []uint64) error {
 	}
 	// A cluster is referenced once by the tree as a rule: a bitmap of the
 	// file's clusters finds the others (compressed clusters, clusters
-	// past the end of a damaged image), which are counted in a map.
-	seen := make([]uint64, (fsize>>img.cbits+64)/64)
+	// past the end of a damaged image), which are counted in a map. The
+	// bitmap covers at most as many clusters as check counts: a sparse
+	// file of small clusters would otherwise size it in gigabytes, and
+	// clusters past it go to the map, which grows only with references
+	// actually read.
+	seen := make([]uint64, (min(fsize>>img.cbits, maxCheckClusters)+64)/64)
 	multi := map[int64]uint64{}
 	rcMax := img.rcMax()
 	return img.treeClusters(l1, func(c int64) error {

@@ -146,3 +146,33 @@ func TestSnapshotWriteFailures(t *testing.T) {
 	}
 	snapOpFails(t, name, openFixed(), "writing snapshot table", false, func(s snapshotter) error { return s.SnapshotCreate("s3") })
 }
+
+// The refcount headroom check before a snapshot keeps a bitmap of the
+// file's clusters: a sparse file of small clusters (1 TiB of 512-byte
+// ones here, 256 MiB of bitmap) must not size it beyond what check
+// itself tracks.
+func TestSnapshotOfSparseFileBoundsMemory(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "h.qcow2")
+	vdiskCreate(t, name, "cluster_size=512", 1<<20)
+	img := openRW(t, name)
+	defer img.Close()
+	if _, err := img.WriteAt(bytes.Repeat([]byte{3}, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(name, 1<<40); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	if alloc := allocated(func() { err = img.(snapshotter).SnapshotCreate("s1") }); alloc > 64<<20 {
+		t.Errorf("snapshot create allocated %d bytes", alloc)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := img.(snapshotter).Snapshots(); len(got) != 1 {
+		t.Fatalf("%d snapshots, want 1", len(got))
+	}
+}
