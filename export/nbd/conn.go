@@ -77,7 +77,7 @@ func (c *conn) release(n int64) {
 
 // serve reads requests until the client disconnects, handing each to a
 // worker so that slow requests do not hold up fast ones.
-func (c *conn) serve() (err error) {
+func (c *conn) serve() error {
 	c.jobs = make(chan job, maxInFlight)
 	disc := false
 	defer func() {

@@ -96,12 +96,12 @@ func (c *Client) split(typ, flags uint16, off, n, max int64, p []byte) error {
 // edges describes an unaligned range [off, off+n): the whole blocks
 // around it, [lo, hi), and the blocks at either end that it covers only
 // in part, each of which must go through a bounce buffer. When the range
-// spans at most two blocks, head covers all of [lo, hi) and there is no
-// tail or middle.
+// spans at most two blocks, one bounce buffer covers all of [lo, hi) and
+// there is no middle.
 type edges struct {
-	lo, hi     int64
-	head, tail *span // nil where the range starts (ends) on a boundary
-	mid        span  // the whole blocks in between, n == 0 if none
+	lo, hi  int64
+	bounces []span // where the range starts or ends off a boundary
+	mid     span   // the whole blocks in between, n == 0 if none
 }
 
 // The export's size is a multiple of the block size (Dial rounds it
@@ -110,29 +110,18 @@ func (c *Client) edges(off, n int64) edges {
 	b := c.minBlock
 	e := edges{lo: alignDown(off, b), hi: alignUp(off+n, b)}
 	if e.hi-e.lo <= 2*b {
-		e.head = &span{off: e.lo, buf: make([]byte, e.hi-e.lo)}
+		e.bounces = []span{{off: e.lo, buf: make([]byte, e.hi-e.lo)}}
 		return e
 	}
 	midLo, midHi := alignUp(off, b), alignDown(off+n, b)
 	if off != e.lo {
-		e.head = &span{off: e.lo, buf: make([]byte, b)}
+		e.bounces = append(e.bounces, span{off: e.lo, buf: make([]byte, b)})
 	}
 	if off+n != e.hi {
-		e.tail = &span{off: midHi, buf: make([]byte, b)}
+		e.bounces = append(e.bounces, span{off: midHi, buf: make([]byte, b)})
 	}
 	e.mid = span{off: midLo, n: midHi - midLo}
 	return e
-}
-
-// bounces lists the bounce buffers.
-func (e *edges) bounces() []span {
-	var out []span
-	for _, s := range []*span{e.head, e.tail} {
-		if s != nil {
-			out = append(out, *s)
-		}
-	}
-	return out
 }
 
 // read fills p from off (within the export).
@@ -145,14 +134,14 @@ func (c *Client) read(p []byte, off int64) error {
 		return c.split(nbd.CmdRead, 0, off, n, c.maxPayload, p)
 	}
 	e := c.edges(off, n)
-	spans := e.bounces()
+	spans := e.bounces
 	if e.mid.n > 0 {
 		spans = append(spans, span{off: e.mid.off, buf: p[e.mid.off-off : e.mid.off-off+e.mid.n]})
 	}
 	if err := c.run(nbd.CmdRead, 0, c.maxPayload, spans...); err != nil {
 		return err
 	}
-	for _, s := range e.bounces() {
+	for _, s := range e.bounces {
 		copyAt(p, off, s)
 	}
 	return nil
@@ -205,11 +194,10 @@ func (c *Client) modify(p []byte, off, n int64, zflags uint16) error {
 	// a write land between the read and the write-back of one: either
 	// would undo part of an acknowledged write.
 	defer c.rmw.lock(true, e.lo, e.hi, true)()
-	bounces := e.bounces()
-	if err := c.run(nbd.CmdRead, 0, c.maxPayload, bounces...); err != nil {
+	if err := c.run(nbd.CmdRead, 0, c.maxPayload, e.bounces...); err != nil {
 		return err
 	}
-	for _, s := range bounces {
+	for _, s := range e.bounces {
 		lo, hi := max(off, s.off), min(off+n, s.off+int64(len(s.buf)))
 		if p == nil {
 			clear(s.buf[lo-s.off : hi-s.off])
@@ -221,7 +209,7 @@ func (c *Client) modify(p []byte, off, n int64, zflags uint16) error {
 	if e.mid.n > 0 {
 		errs = append(errs, send(whole(e.mid.off, e.mid.n)))
 	}
-	errs = append(errs, c.run(nbd.CmdWrite, 0, c.maxPayload, bounces...))
+	errs = append(errs, c.run(nbd.CmdWrite, 0, c.maxPayload, e.bounces...))
 	return errors.Join(errs...)
 }
 
