@@ -17,37 +17,24 @@ base() {
 	qemu-io -c 'write -P 1 0 64k' -c 'write -P 2 1M 64k' "${@: -1}" >/dev/null
 }
 poke() { printf "$2" | dd of="$1" bs=1 seek=$(($3)) conv=notrunc status=none; }
+# damaged FILE BYTES OFFSET: a base image with BYTES written at OFFSET.
+damaged() { base "$1" && poke "$@"; }
 
-base beyond-eof-refcount.qcow2
-poke beyond-eof-refcount.qcow2 '\x00\x01' 0x20000+18 # cluster 9, past the end of the file
-base refcount-zero.qcow2
-poke refcount-zero.qcow2 '\x00\x00' 0x20000+10 # data cluster 5
-base refcount-two.qcow2
-poke refcount-two.qcow2 '\x00\x02' 0x20000+10
-base l1-reserved.qcow2
-poke l1-reserved.qcow2 '\x80\x00\x00\x00\x00\x04\x00\x01' 0x30000
-base l2-misaligned.qcow2
-poke l2-misaligned.qcow2 '\x80\x00\x00\x00\x00\x04\x02\x00' 0x30000
-base l2-past-eof.qcow2
-poke l2-past-eof.qcow2 '\x80\x00\x00\x00\x00\x10\x00\x00' 0x30000
-base l2-far-past-eof.qcow2
-poke l2-far-past-eof.qcow2 '\x80\x00\x00\x00\x10\x00\x00\x00' 0x30000
-base l2e-reserved.qcow2
-poke l2e-reserved.qcow2 '\x80\x00\x00\x00\x00\x05\x00\x02' 0x40000
-base data-misaligned.qcow2
-poke data-misaligned.qcow2 '\x80\x00\x00\x00\x00\x05\x02\x00' 0x40000
-base prealloc-misaligned.qcow2
-poke prealloc-misaligned.qcow2 '\x80\x00\x00\x00\x00\x05\x02\x01' 0x40000
-base data-past-eof.qcow2
-poke data-past-eof.qcow2 '\x80\x00\x00\x00\x00\x90\x00\x00' 0x40000
-base data-shared.qcow2
-poke data-shared.qcow2 '\x80\x00\x00\x00\x00\x05\x00\x00' 0x40000+16*8
-base refblock-past-eof.qcow2
-poke refblock-past-eof.qcow2 '\x00\x00\x00\x00\x00\x90\x00\x00' 0x10000+8
-base refblock-misaligned.qcow2
-poke refblock-misaligned.qcow2 '\x00\x00\x00\x00\x00\x05\x02\x00' 0x10000+8
-base refblock-on-l2.qcow2
-poke refblock-on-l2.qcow2 '\x00\x00\x00\x00\x00\x04\x00\x00' 0x10000
+damaged beyond-eof-refcount.qcow2 '\x00\x01' 0x20000+18 # cluster 9, past the end of the file
+damaged refcount-zero.qcow2 '\x00\x00' 0x20000+10 # data cluster 5
+damaged refcount-two.qcow2 '\x00\x02' 0x20000+10
+damaged l1-reserved.qcow2 '\x80\x00\x00\x00\x00\x04\x00\x01' 0x30000
+damaged l2-misaligned.qcow2 '\x80\x00\x00\x00\x00\x04\x02\x00' 0x30000
+damaged l2-past-eof.qcow2 '\x80\x00\x00\x00\x00\x10\x00\x00' 0x30000
+damaged l2-far-past-eof.qcow2 '\x80\x00\x00\x00\x10\x00\x00\x00' 0x30000
+damaged l2e-reserved.qcow2 '\x80\x00\x00\x00\x00\x05\x00\x02' 0x40000
+damaged data-misaligned.qcow2 '\x80\x00\x00\x00\x00\x05\x02\x00' 0x40000
+damaged prealloc-misaligned.qcow2 '\x80\x00\x00\x00\x00\x05\x02\x01' 0x40000
+damaged data-past-eof.qcow2 '\x80\x00\x00\x00\x00\x90\x00\x00' 0x40000
+damaged data-shared.qcow2 '\x80\x00\x00\x00\x00\x05\x00\x00' 0x40000+16*8
+damaged refblock-past-eof.qcow2 '\x00\x00\x00\x00\x00\x90\x00\x00' 0x10000+8
+damaged refblock-misaligned.qcow2 '\x00\x00\x00\x00\x00\x05\x02\x00' 0x10000+8
+damaged refblock-on-l2.qcow2 '\x00\x00\x00\x00\x00\x04\x00\x00' 0x10000
 base compressed-past-eof.qcow2
 qemu-io -c 'write -c -P 3 2M 64k' compressed-past-eof.qcow2 >/dev/null
 poke compressed-past-eof.qcow2 '\x40\x00\x00\x00\x09\x00\x00\x00' 0x40000+32*8

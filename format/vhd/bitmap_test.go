@@ -20,17 +20,10 @@ func TestBitmapEviction(t *testing.T) {
 	makeVHD(t, base, map[string]string{"size": "4M", "block_size": "64K", "force_size": "on"})
 	want := make([]byte, 4<<20)
 	rand.New(rand.NewSource(1)).Read(want)
-	img, err := block.Open(base, block.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := img.WriteAt(want, 0); err != nil {
-		t.Fatal(err)
-	}
-	img.Close()
+	writeVHD(t, base, want)
 	makeVHD(t, child, map[string]string{"backing_file": "base.vhd", "block_size": "4K"})
 
-	img, err = block.Open(child, block.OpenOptions{})
+	img, err := block.Open(child, block.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

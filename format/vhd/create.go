@@ -37,10 +37,19 @@ type flatPlan struct {
 	bs   uint32 // dynamic disks
 }
 
-func planFlat(opts block.Options) (*flatPlan, error) {
+// subformat is the subformat option, checked.
+func subformat(opts block.Options) (string, error) {
 	sub := opts.String("subformat", "dynamic")
 	if sub != "dynamic" && sub != "fixed" {
-		return nil, fmt.Errorf("vhd: invalid subformat '%s' (allowed: dynamic, fixed)", sub)
+		return "", fmt.Errorf("vhd: invalid subformat '%s' (allowed: dynamic, fixed)", sub)
+	}
+	return sub, nil
+}
+
+func planFlat(opts block.Options) (*flatPlan, error) {
+	sub, err := subformat(opts)
+	if err != nil {
+		return nil, err
 	}
 	size := opts.Size("size", -1)
 	if size < 0 {
@@ -68,11 +77,11 @@ func planFlat(opts block.Options) (*flatPlan, error) {
 
 func checkCreate(name string, opts block.Options) (int64, error) {
 	if backing := opts.String("backing_file", ""); backing != "" {
-		p, err := openParent(name, opts, backing)
+		d, err := planDifferencing(name, opts, backing)
 		if err != nil {
 			return 0, err
 		}
-		p.Close()
+		d.parent.Close()
 		return 0, nil
 	}
 	p, err := planFlat(opts)
@@ -139,23 +148,27 @@ func newFooter(size int64, geo Geometry) (*Footer, error) {
 	}, nil
 }
 
-// openParent opens and checks the parent of a differencing disk to be
-// made at name.
-func openParent(name string, opts block.Options, backing string) (*Image, error) {
-	switch sub := opts.String("subformat", "dynamic"); sub {
-	case "dynamic":
-	case "fixed":
+// diffPlan is a checked request for a differencing disk.
+type diffPlan struct {
+	parent *Image // open; the caller closes it
+	full   string // the parent's name, resolved against the child's
+	bs     uint32
+}
+
+// planDifferencing opens and checks the parent of a differencing disk to
+// be made at name.
+func planDifferencing(name string, opts block.Options, backing string) (*diffPlan, error) {
+	if sub, err := subformat(opts); err != nil {
+		return nil, err
+	} else if sub == "fixed" {
 		return nil, errors.New("vhd: a differencing disk (backing_file) cannot be fixed")
-	default:
-		return nil, fmt.Errorf("vhd: invalid subformat '%s' (allowed: dynamic, fixed)", sub)
 	}
 	if bf := opts.String("backing_fmt", ""); bf != "" && bf != "vhd" && bf != "vpc" {
 		return nil, fmt.Errorf("vhd: the parent of a differencing disk must be a VHD, not '%s'", bf)
 	}
-	if opts.Has("block_size") {
-		if _, err := blockSizeOpt(opts); err != nil {
-			return nil, err
-		}
+	bs, err := blockSizeOpt(opts)
+	if err != nil {
+		return nil, err
 	}
 	full := block.ResolveBacking(name, backing)
 	// Like qemu-img create (bdrv_img_create), read the parent without
@@ -174,7 +187,11 @@ func openParent(name string, opts block.Options, backing string) (*Image, error)
 		pimg.Close()
 		return nil, fmt.Errorf("vhd: a differencing disk has its parent's size (%d bytes), not %d", p.Size(), s)
 	}
-	return p, nil
+	if !opts.Has("block_size") && p.hdr != nil {
+		// Without a block_size, the child takes its parent's.
+		bs = p.hdr.BlockSize
+	}
+	return &diffPlan{parent: p, full: full, bs: bs}, nil
 }
 
 // locatorData is one parent locator to write.
@@ -237,12 +254,12 @@ func writeDynamic(f block.File, ft *Footer, h *Header, locs []locatorData) error
 // unique id and time stamp, its name, and relative (W2ru), absolute (W2ku)
 // and file URL (MacX) locators.
 func createDifferencing(f block.File, opts block.Options, backing string) error {
-	p, err := openParent(f.Name(), opts, backing)
+	d, err := planDifferencing(f.Name(), opts, backing)
 	if err != nil {
 		return err
 	}
+	p, full := d.parent, d.full
 	defer p.Close()
-	full := block.ResolveBacking(f.Name(), backing)
 	size := p.Size()
 	geo := p.footer.Geometry
 	if p.footer.usesCurrentSize() {
@@ -253,14 +270,6 @@ func createDifferencing(f block.File, opts block.Options, backing string) error 
 		return err
 	}
 	ft.DiskType = typeDifferencing
-	bs := uint32(2 << 20)
-	if opts.Has("block_size") {
-		if bs, err = blockSizeOpt(opts); err != nil {
-			return err
-		}
-	} else if p.hdr != nil {
-		bs = p.hdr.BlockSize
-	}
 	abs, err := filepath.Abs(full)
 	if err != nil {
 		return fmt.Errorf("vhd: %w", err)
@@ -272,7 +281,7 @@ func createDifferencing(f block.File, opts block.Options, backing string) error 
 		}
 	}
 	h := &Header{
-		BlockSize:       bs,
+		BlockSize:       d.bs,
 		ParentUUID:      p.footer.UniqueID,
 		ParentTimestamp: p.footer.Timestamp,
 		ParentName:      toWindowsPath(filepath.Base(abs)),

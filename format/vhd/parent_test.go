@@ -28,19 +28,28 @@ func makeVHD(t *testing.T, file string, opts map[string]string) {
 	}
 }
 
+// writeVHD writes p at the start of the disk in file.
+func writeVHD(t *testing.T, file string, p []byte) {
+	t.Helper()
+	img, err := block.Open(file, block.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if _, err := img.WriteAt(p, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// parentByte fills the first 4 KiB of parentPair's base.
+const parentByte = 0x5B
+
 // parentPair makes dir/base.vhd with a pattern at 0 and dir/child.vhd of
 // it, and returns the names.
 func parentPair(t *testing.T, dir string) (string, string) {
 	base, child := filepath.Join(dir, "base.vhd"), filepath.Join(dir, "child.vhd")
 	makeVHD(t, base, map[string]string{"size": "1M", "block_size": "64K"})
-	img, err := block.Open(base, block.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := img.WriteAt(bytes.Repeat([]byte{0x5B}, 4096), 0); err != nil {
-		t.Fatal(err)
-	}
-	img.Close()
+	writeVHD(t, base, bytes.Repeat([]byte{parentByte}, 4096))
 	makeVHD(t, child, map[string]string{"backing_file": "base.vhd"})
 	return base, child
 }
@@ -55,7 +64,7 @@ func openChild(t *testing.T, name string) string {
 	}
 	defer img.Close()
 	buf := make([]byte, 4096)
-	if _, err := img.ReadAt(buf, 0); err != nil || !bytes.Equal(buf, bytes.Repeat([]byte{0x5B}, 4096)) {
+	if _, err := img.ReadAt(buf, 0); err != nil || !bytes.Equal(buf, bytes.Repeat([]byte{parentByte}, 4096)) {
 		t.Fatalf("the parent's data does not show through (%v)", err)
 	}
 	return img.(*Image).parentFrom

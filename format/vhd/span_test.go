@@ -2,7 +2,6 @@ package vhd
 
 import (
 	"bytes"
-	"path/filepath"
 	"testing"
 
 	"vdisk/block"
@@ -14,28 +13,7 @@ import (
 // without the block's lock. The hook runs such a writer between the
 // read and the write-back; its bytes must survive.
 func TestSpanKeepsConcurrentWrite(t *testing.T) {
-	dir := t.TempDir()
-	base := filepath.Join(dir, "base.vhd")
-	child := filepath.Join(dir, "child.vhd")
-	mk := func(file string, opts [][2]string) {
-		o, err := block.ParseOptions(Format.CreateOptions, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := block.Create(file, "vhd", o); err != nil {
-			t.Fatal(err)
-		}
-	}
-	mk(base, [][2]string{{"size", "1M"}, {"block_size", "64K"}})
-	bimg, err := block.Open(base, block.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bimg.WriteAt(bytes.Repeat([]byte{0xEE}, 4096), 0); err != nil {
-		t.Fatal(err)
-	}
-	bimg.Close()
-	mk(child, [][2]string{{"backing_file", "base.vhd"}})
+	_, child := parentPair(t, t.TempDir())
 	img, err := block.Open(child, block.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +45,7 @@ func TestSpanKeepsConcurrentWrite(t *testing.T) {
 	copy(want, bytes.Repeat([]byte{0x22}, 50))
 	copy(want[50:], bytes.Repeat([]byte{0x11}, 50))
 	copy(want[100:], bytes.Repeat([]byte{0x33}, 512))
-	copy(want[612:], bytes.Repeat([]byte{0xEE}, 412))
+	copy(want[612:], bytes.Repeat([]byte{parentByte}, 412))
 	got := make([]byte, 1024)
 	if _, err := img.ReadAt(got, 0); err != nil {
 		t.Fatal(err)
