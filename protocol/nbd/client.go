@@ -191,6 +191,7 @@ type call struct {
 	buf     []byte // READ destination
 	covered int64  // READ bytes filled by chunks
 	descs   []nbd.Descriptor
+	status  bool // a block status chunk for our context came
 	errno   uint32
 	msg     string
 	err     error // transport failure
@@ -560,7 +561,12 @@ func (c *Client) dispatch(r io.Reader, h nbd.ReplyHeader) error {
 			return err
 		}
 		if id == c.metaID {
-			cl.descs = append(cl.descs, ds...)
+			// The spec allows one chunk per context; more would let a
+			// server grow this list without bound.
+			if cl.status {
+				return errors.New("a second block status chunk for one context")
+			}
+			cl.descs, cl.status = ds, true
 		}
 	case nbd.IsReplyError(h.Type):
 		if h.Length < 6 || h.Length > 6+nbd.MaxString+8 {
