@@ -191,3 +191,48 @@ func TestChainSeedsOpen(t *testing.T) {
 		}
 	}
 }
+
+// TestChildOfTinyBlockParent: a child of a dynamic parent whose blocks are
+// under 4 KiB cannot take the parent's block size (no differencing disk
+// can have it), so it gets the default, and it opens, reads the parent
+// and takes writes.
+func TestChildOfTinyBlockParent(t *testing.T) {
+	dir := t.TempDir()
+	parent := filepath.Join(dir, "p.vhd")
+	if err := os.WriteFile(parent, handImage(t, typeDynamic, 64<<10, 1024, nil, nil), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pimg, err := block.Open(parent, block.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pimg.WriteAt(bytes.Repeat([]byte{0x5a}, 3000), 100); err != nil {
+		t.Fatal(err)
+	}
+	pimg.Close()
+	child := filepath.Join(dir, "c.vhd")
+	o, err := block.ParseOptions(Format.CreateOptions, [][2]string{{"backing_file", "p.vhd"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := block.Create(child, "vhd", o); err != nil {
+		t.Fatal(err)
+	}
+	img, err := block.Open(child, block.OpenOptions{})
+	if err != nil {
+		t.Fatalf("the child of a parent with 1 KiB blocks does not open: %v", err)
+	}
+	defer img.Close()
+	if bs := img.(*Image).blockSize; bs != defaultBlockSize {
+		t.Fatalf("child block size %d, want the default %d", bs, defaultBlockSize)
+	}
+	if _, err := img.WriteAt([]byte{1, 2, 3}, 2000); err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, img.Size())
+	copy(want[100:], bytes.Repeat([]byte{0x5a}, 3000))
+	copy(want[2000:], []byte{1, 2, 3})
+	if !bytes.Equal(readImage(t, img), want) {
+		t.Fatal("the child reads wrong bytes")
+	}
+}

@@ -121,8 +121,12 @@ func create(f block.File, opts block.Options) error {
 	return writeDynamic(f, ft, &Header{BlockSize: p.bs}, nil)
 }
 
+// defaultBlockSize is the block size of new dynamic and differencing
+// disks, as with qemu-img and Hyper-V.
+const defaultBlockSize = 2 << 20
+
 func blockSizeOpt(opts block.Options) (uint32, error) {
-	bs := opts.Size("block_size", 2<<20)
+	bs := opts.Size("block_size", defaultBlockSize)
 	if bs < minBitmapBlock || bs > maxBlockSize || bits.OnesCount64(uint64(bs)) != 1 {
 		return 0, fmt.Errorf("vhd: block_size %d is not a power of two between %d and %d", bs, minBitmapBlock, maxBlockSize)
 	}
@@ -187,8 +191,10 @@ func planDifferencing(name string, opts block.Options, backing string) (*diffPla
 		pimg.Close()
 		return nil, fmt.Errorf("vhd: a differencing disk has its parent's size (%d bytes), not %d", p.Size(), s)
 	}
-	if !opts.Has("block_size") && p.hdr != nil {
-		// Without a block_size, the child takes its parent's.
+	if !opts.Has("block_size") && p.hdr != nil && p.hdr.BlockSize >= minBitmapBlock {
+		// Without a block_size, the child takes its parent's, unless
+		// that is too small for a differencing disk (a parent made by
+		// another tool): then it gets the default.
 		bs = p.hdr.BlockSize
 	}
 	return &diffPlan{parent: p, full: full, bs: bs}, nil
